@@ -1,0 +1,55 @@
+# The set-up contract: `make run` and `make test` work on a fresh clone.
+# `make install` is the idempotent set-up step both use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.meshp2p-installed
+LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
+# Arguments for `make run`, e.g. make run ARGS="--model path/to/model.gguf"
+ARGS ?=
+
+.PHONY: install run test check lint typecheck pytest bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "meshp2p needs Python >= 3.11: run make PYTHON=python3.11 ..." >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@echo "installing meshp2p (the first time this builds llama-cpp-python with RPC: ~4 min on 2 cores)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[dev]'
+	@# pip's wheel cache does not know CMAKE_ARGS: if a cached wheel lacks RPC, rebuild it.
+	@$(PY) -m meshp2p._llamacpp || { \
+		echo "rebuilding llama-cpp-python with $(LLAMA_CMAKE_ARGS)"; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --no-cache-dir \
+			--force-reinstall --no-deps llama-cpp-python==0.3.36 && $(PY) -m meshp2p._llamacpp; }
+	@# trio ships its own types; the stale stubs of trio-typing (a py-libp2p
+	@# dependency, needed at run time) would shadow them for mypy.
+	@rm -rf $(VENV)/lib/python*/site-packages/trio-stubs
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/meshp2p node $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check meshp2p cli tests
+	$(VENV)/bin/ruff format --check meshp2p cli tests
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+check: lint typecheck
+
+pytest: install
+	@# pytest exits 5 when it collects no tests: not a failure of the build.
+	$(VENV)/bin/pytest $(PYTEST_ARGS) || test $$? -eq 5
+
+test: check pytest
+
+bench: install
+	$(PY) tests/bench/bench_gateway.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,180 @@
+"""``meshp2p`` subcommands: ``node`` runs a node, ``models`` lists what can be served."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from meshp2p import MeshError, Node, NodeConfig, format_size, parse_size
+from meshp2p._models import ModelStore, default_home, load_catalog
+from meshp2p._node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT
+from meshp2p._progress import ProgressBar
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except MeshError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshp2p",
+        description="Peer-to-peer LLM inference mesh with an OpenAI-compatible API.",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="node home: key, models, logs (default $MESHP2P_HOME or ~/.meshp2p)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("MESHP2P_LOG_LEVEL", "WARNING"),
+        help="DEBUG, INFO, WARNING (default) or ERROR",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = sub.add_parser("node", help="run a node serving models over an OpenAI API")
+    node.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a .gguf path, a file in the model store, or a catalog name "
+        "(repeatable; default: the default model)",
+    )
+    node.add_argument(
+        "--host", default="127.0.0.1", help="API address (default 127.0.0.1: this machine only)"
+    )
+    node.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        help=f"API port (default {DEFAULT_API_PORT}; 0 picks a free one)",
+    )
+    node.add_argument("--console-host", default="127.0.0.1")
+    node.add_argument(
+        "--console-port",
+        type=int,
+        default=DEFAULT_CONSOLE_PORT,
+        help=f"management API port (default {DEFAULT_CONSOLE_PORT})",
+    )
+    node.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="llama.cpp threads per model (default: the cores, shared)",
+    )
+    node.add_argument("--ctx-size", type=int, default=4096, help="context tokens per model")
+    node.add_argument(
+        "--max-vram",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="memory this node offers, e.g. 150MB or 8GiB",
+    )
+    node.add_argument(
+        "--max-body",
+        type=_size,
+        default="8MiB",
+        metavar="SIZE",
+        help="largest API request body (default 8MiB)",
+    )
+    node.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests that may wait per model before 503 (default 64)",
+    )
+
+    sub.add_parser("models", help="list the models in the store and the catalog")
+    return parser
+
+
+async def _run_node(config: NodeConfig) -> None:
+    node = Node(config, progress=lambda label, total: ProgressBar(label, total))
+    print(f"meshp2p {node.version} node {node.node_id}", flush=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await nursery.start(node.run)
+        for worker in node.workers:
+            print(f"model {worker.model_id}: {worker.settings.model_path}", flush=True)
+        print(f"api: {node.api_url}", flush=True)
+        print(f"console: {node.console_url}", flush=True)
+        for worker in node.workers:
+            nursery.start_soon(_report_states, worker)
+
+
+async def _report_states(worker: object) -> None:
+    from meshp2p._worker import InferenceWorker
+
+    assert isinstance(worker, InferenceWorker)
+    while True:
+        state = await worker.wait_state_change()
+        detail = f" ({worker.last_error})" if state == "restarting" else ""
+        print(f"model {worker.model_id}: {state}{detail}", flush=True)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            print(f"stopping ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+            scope.cancel()
+            return
+
+
+def _list_models(home: Path) -> None:
+    store = ModelStore(home)
+    print(f"model store {store.models_dir}:")
+    local = store.list()
+    for model in local:
+        print(f"  {model.id:40} {format_size(model.size):>10}  {model.path.name}")
+    if not local:
+        print("  (empty)")
+    print("catalog:")
+    for entry in load_catalog().values():
+        print(f"  {entry.name:40} {format_size(entry.size):>10}  {entry.description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    home = args.home or default_home()
+    try:
+        if args.command == "models":
+            _list_models(home)
+            return
+        config = NodeConfig(
+            home=home,
+            models=tuple(args.model),
+            api_host=args.host,
+            api_port=args.port,
+            console_host=args.console_host,
+            console_port=args.console_port,
+            threads=args.threads,
+            ctx_size=args.ctx_size,
+            max_vram=args.max_vram,
+            max_body=args.max_body,
+            max_queue=args.max_queue,
+        )
+        trio.run(_run_node, config)
+    except MeshError as exc:
+        print(f"meshp2p: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""The token generation loop of an inference worker, on llama-cpp-python's ``Llama``.
+
+Synchronous and single-threaded by design: one worker thread drives it, and
+it checks a cancel flag between tokens so a vanished client frees the model at
+once. It produces text deltas and a final usage count; turning those into
+OpenAI JSON is ``_completions``' job.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._openai import ApiError
+from ._toolcalls import ToolCall, parse_tool_calls
+
+# Sampling defaults, the same as llama-cpp-python's create_completion uses, so
+# a request gives the same tokens through the mesh as through the library.
+_TOP_K = 40
+_MIN_P = 0.05
+_DEFAULT_TEMPERATURE = {"chat": 0.2, "completion": 0.8}
+
+
+@dataclass
+class Delta:
+    """New text generated since the last event."""
+
+    text: str
+
+
+@dataclass
+class Finish:
+    """The end of a generation."""
+
+    reason: str  # "stop", "length", "tool_calls" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass
+class PreparedRequest:
+    endpoint: str
+    prompt_tokens: list[int]
+    prompt_text: str
+    max_tokens: int
+    stop: list[str]
+    sampling: dict[str, Any]
+    seed: int | None
+    echo: bool
+    grammar: Any | None
+    tools: bool
+
+
+# Gemma's turn format, as in the Gemma 3 instruction-tuned models' own template.
+_GEMMA_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+{%- set prefix = messages[0]['content'] + '\n\n' -%}
+{%- set turns = messages[1:] -%}
+{%- else -%}
+{%- set prefix = '' -%}
+{%- set turns = messages -%}
+{%- endif -%}
+{%- for m in turns -%}
+<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}
+{{ prefix if loop.first else '' }}{{ (m['content'] or '') | trim }}<end_of_turn>
+{% endfor -%}
+{%- if add_generation_prompt %}<start_of_turn>model
+{% endif -%}"""
+
+_CHATML_TEMPLATE = """{%- for m in messages -%}
+<|im_start|>{{ m['role'] }}
+{{ m['content'] or '' }}<|im_end|>
+{% endfor -%}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif -%}"""
+
+
+class Cancelled(Exception):
+    """The client went away; generation stopped between two tokens."""
+
+
+class Engine:
+    """Wraps one loaded ``llama_cpp.Llama`` and generates for one request at a time."""
+
+    def __init__(self, llama: Any) -> None:
+        from llama_cpp import llama_chat_format
+
+        self.llama = llama
+        self.n_ctx: int = llama.n_ctx()
+        meta: dict[str, str] = llama.metadata
+        template = meta.get("tokenizer.chat_template")
+        self.chat_template_source = "gguf" if template else "fallback"
+        if not template:
+            # Base models often ship without a template; use their family's format
+            # (or ChatML, llama.cpp's own default) rather than refusing chat.
+            arch = meta.get("general.architecture", "")
+            template = _GEMMA_TEMPLATE if arch.startswith("gemma") else _CHATML_TEMPLATE
+        self.chat_template = template
+        self.tools_supported = self.chat_template_source == "gguf" and "tools" in template
+        eos_id, bos_id = llama.token_eos(), llama.token_bos()
+        model = llama._model
+        self._formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos_id) if eos_id != -1 else "",
+            bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
+            stop_token_ids=[eos_id],
+        )
+
+    def prepare(self, endpoint: str, params: dict[str, Any]) -> PreparedRequest:
+        """Tokenize and check a validated request; ApiError (400) when it cannot run."""
+        llama = self.llama
+        stop = list(params.get("stop", []))
+        has_tools = bool(params.get("tools"))
+        if endpoint == "chat":
+            try:
+                formatted = self._formatter(
+                    messages=params["messages"],
+                    tools=params.get("tools"),
+                    tool_choice=params.get("tool_choice"),
+                )
+            except Exception as exc:  # jinja raises whatever the template author chose
+                raise ApiError(
+                    400, f"the model's chat template rejected the messages: {exc}", param="messages"
+                ) from None
+            prompt_text = formatted.prompt
+            tokens = llama.tokenize(
+                prompt_text.encode(), add_bos=not formatted.added_special, special=True
+            )
+            if isinstance(formatted.stop, str):
+                stop.append(formatted.stop)
+            elif formatted.stop:
+                stop.extend(formatted.stop)
+        else:
+            prompt = params["prompt"]
+            if isinstance(prompt, str):
+                prompt_text = prompt
+                tokens = llama.tokenize(prompt.encode(), add_bos=True, special=True)
+            else:
+                tokens = list(prompt)
+                vocab = llama.n_vocab()
+                if any(not 0 <= t < vocab for t in tokens):
+                    raise ApiError(
+                        400, f"'prompt' holds a token id outside 0..{vocab - 1}", param="prompt"
+                    )
+                prompt_text = llama.detokenize(tokens).decode("utf-8", "replace")
+        if not tokens:
+            raise ApiError(400, "the prompt is empty", param="prompt")
+        if len(tokens) >= self.n_ctx:
+            raise ApiError(
+                400,
+                f"the prompt has {len(tokens)} tokens; this model's context holds {self.n_ctx}",
+                param="messages" if endpoint == "chat" else "prompt",
+                code="context_length_exceeded",
+            )
+        room = self.n_ctx - len(tokens)
+        requested = params.get("max_tokens")
+        max_tokens = room if requested is None else min(requested, room)
+
+        grammar = None
+        fmt = params.get("response_format")
+        if fmt is not None:
+            grammar = self._grammar(fmt)
+
+        logits_processor = None
+        bias = params.get("logit_bias")
+        if bias:
+            logits_processor = _logit_bias_processor(bias, llama.n_vocab())
+
+        temperature = params.get("temperature", _DEFAULT_TEMPERATURE[endpoint])
+        sampling: dict[str, Any] = {
+            "temp": temperature,
+            "top_p": params.get("top_p", 0.95),
+            "top_k": _TOP_K,
+            "min_p": _MIN_P,
+            "frequency_penalty": params.get("frequency_penalty", 0.0),
+            "presence_penalty": params.get("presence_penalty", 0.0),
+            "logits_processor": logits_processor,
+        }
+        return PreparedRequest(
+            endpoint=endpoint,
+            prompt_tokens=tokens,
+            prompt_text=prompt_text,
+            max_tokens=max_tokens,
+            stop=[s for s in stop if s],
+            sampling=sampling,
+            seed=params.get("seed"),
+            echo=bool(params.get("echo")),
+            grammar=grammar,
+            tools=has_tools,
+        )
+
+    def _grammar(self, fmt: dict[str, Any]) -> Any:
+        import json
+
+        from llama_cpp import llama_grammar
+
+        schema = fmt.get("schema")
+        try:
+            if schema is not None:
+                return llama_grammar.LlamaGrammar.from_json_schema(
+                    json.dumps(schema), verbose=False
+                )
+            return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+        except Exception as exc:
+            raise ApiError(
+                400,
+                f"the JSON schema cannot be turned into a grammar: {exc}",
+                param="response_format",
+            ) from None
+
+    def generate(self, req: PreparedRequest, cancel: threading.Event) -> Iterator[Delta | Finish]:
+        """Yield text deltas, then one Finish. Checks ``cancel`` before every token."""
+        import random
+
+        import llama_cpp
+
+        llama = self.llama
+        vocab = llama._model.vocab
+        seed = req.seed if req.seed is not None else random.getrandbits(32)
+        llama.set_seed(seed)
+        if req.grammar is not None:
+            req.grammar.reset()
+
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = ""  # everything generated so far
+        sent = 0  # how much of `text` was already yielded
+        holdback = max((len(s) for s in req.stop), default=1) - 1
+        count = 0
+        reason = "length"
+        prev = list(req.prompt_tokens)
+        if req.echo:
+            yield Delta(req.prompt_text)
+
+        tokens = llama.generate(req.prompt_tokens, grammar=req.grammar, **req.sampling)
+        try:
+            for token in tokens:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    reason = "stop"
+                    break
+                count += 1
+                piece = llama.detokenize([token], prev_tokens=prev[-8:])
+                prev.append(token)
+                text += decoder.decode(piece)
+                cut = _find_stop(text, req.stop, sent)
+                if cut is not None:
+                    text = text[:cut]
+                    reason = "stop"
+                    break
+                safe = _streamable_end(text, holdback, req.tools)
+                if safe > sent:
+                    yield Delta(text[sent:safe])
+                    sent = safe
+                if count >= req.max_tokens:
+                    break
+        finally:
+            tokens.close()
+        text += decoder.decode(b"", final=True) if reason != "stop" else ""
+        if reason == "cancelled":
+            raise Cancelled()
+
+        calls: list[ToolCall] = []
+        if req.tools:
+            content, calls = parse_tool_calls(text)
+            if calls:
+                # What was streamed came before the first call, so it leads `content`.
+                streamed = text[:sent]
+                text = content if content.startswith(streamed) else streamed
+                reason = "tool_calls"
+        if len(text) > sent:
+            yield Delta(text[sent:])
+        yield Finish(reason, len(req.prompt_tokens), count, text, calls)
+
+
+_CALL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")
+
+
+def _streamable_end(text: str, holdback: int, tools: bool) -> int:
+    """How much of ``text`` can go to the client now.
+
+    A tail that might be the start of a stop string is held back. With tools,
+    so is everything from a tool-call marker on, and an answer that opens like
+    a JSON call, so that calls reach the client as ``tool_calls``, not text.
+    """
+    end = len(text) - holdback
+    if not tools:
+        return end
+    head = text.lstrip()
+    if head.startswith(("{", "[")) or any(m.startswith(head) for m in _CALL_MARKERS):
+        return 0
+    for marker in _CALL_MARKERS:
+        at = text.find(marker)
+        if at != -1:
+            end = min(end, at)
+        else:
+            # A partial marker at the very end.
+            for k in range(len(marker) - 1, 0, -1):
+                if text.endswith(marker[:k]):
+                    end = min(end, len(text) - k)
+                    break
+    return end
+
+
+def _find_stop(text: str, stops: list[str], sent: int) -> int | None:
+    """Index where the earliest stop string starts, searching only text not yet final."""
+    best: int | None = None
+    for stop in stops:
+        i = text.find(stop, max(0, sent - len(stop)))
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best
+
+
+def _logit_bias_processor(bias: dict[int, float], n_vocab: int) -> Any:
+    from llama_cpp import LogitsProcessorList
+
+    valid = {t: b for t, b in bias.items() if 0 <= t < n_vocab}
+
+    def apply(_input_ids: Any, scores: Any) -> Any:
+        for token, value in valid.items():
+            scores[token] += value
+        return scores
+
+    return LogitsProcessorList([apply])

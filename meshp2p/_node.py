@@ -1,0 +1,178 @@
+"""A meshp2p node: the tree of services one process runs, and its configuration.
+
+``Node.run`` resolves the models, then starts, in one nursery, an inference
+worker per model, the OpenAI gateway and the management console. Cancelling
+that nursery stops everything, child processes included.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._asgi import hypercorn_config
+from ._console import Console
+from ._errors import ConfigError, PortInUseError
+from ._gateway import DEFAULT_MAX_BODY, Backend, Gateway
+from ._identity import load_or_create_key, peer_id
+from ._models import ModelFile, ModelStore, default_home
+from ._progress import ProgressFactory
+from ._worker import InferenceWorker, WorkerSettings
+
+log = logging.getLogger("meshp2p.node")
+
+DEFAULT_API_PORT = 9337
+DEFAULT_CONSOLE_PORT = 3131
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshp2p")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to start. The CLI builds one from its flags."""
+
+    home: Path = field(default_factory=default_home)
+    #: Model specs: a .gguf path, a file name in the model store, or a catalog
+    #: name. Empty means the default model.
+    models: tuple[str, ...] = ()
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    console_host: str = "127.0.0.1"
+    console_port: int = DEFAULT_CONSOLE_PORT
+    #: llama.cpp threads per model; None shares the machine's cores among them.
+    threads: int | None = None
+    ctx_size: int = 4096
+    max_body: int = DEFAULT_MAX_BODY
+    #: Memory this node offers (bytes); None means what the machine has.
+    max_vram: int | None = None
+    max_queue: int = 64
+    queue_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("api_port", "console_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name.replace('_', ' ')} {port} is not a port number")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads must be at least 1")
+        if self.ctx_size < 64:
+            raise ConfigError("context size must be at least 64 tokens")
+
+
+class Node:
+    """One meshp2p node. ``await nursery.start(node.run)`` returns once it serves."""
+
+    def __init__(self, config: NodeConfig, *, progress: ProgressFactory | None = None) -> None:
+        self.config = config
+        self.progress = progress
+        self.store = ModelStore(config.home)
+        self.keypair = load_or_create_key(config.home)
+        self.node_id = peer_id(self.keypair)
+        self.version = _version()
+        self.workers: list[InferenceWorker] = []
+        self.api_url: str | None = None
+        self.console_url: str | None = None
+        self._started = time.time()
+
+    # ModelDirectory, for the gateway
+    def backends(self) -> Sequence[Backend]:
+        return self.workers
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "version": self.version,
+            "api_url": self.api_url,
+            "console_url": self.console_url,
+            "home": str(self.config.home),
+            "uptime_s": round(time.time() - self._started, 1),
+            "models_served": [w.status() for w in self.workers],
+        }
+
+    def resolve_models(self) -> list[ModelFile]:
+        """The model files to serve; may assemble or download (blocking)."""
+        if not self.config.models:
+            return [self.store.ensure_default(progress=self.progress)]
+        files = [self.store.resolve(spec, progress=self.progress) for spec in self.config.models]
+        ids = [f.id for f in files]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ConfigError(f"model {duplicates[0]!r} is given more than once")
+        return files
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.trio import serve
+
+        cfg = self.config
+        # Fail on a taken port now, not after a long model download.
+        _check_port_free(cfg.api_host, cfg.api_port, "--port")
+        _check_port_free(cfg.console_host, cfg.console_port, "--console-port")
+        files = await trio.to_thread.run_sync(self.resolve_models)
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // len(files))
+        self.workers = [
+            InferenceWorker(
+                WorkerSettings(
+                    model_id=f.id,
+                    model_path=f.path,
+                    threads=threads,
+                    ctx_size=cfg.ctx_size,
+                    log_dir=cfg.home / "logs",
+                    max_queue=cfg.max_queue,
+                    queue_timeout=cfg.queue_timeout,
+                )
+            )
+            for f in files
+        ]
+        gateway = Gateway(
+            self, node_id=self.node_id, max_body=cfg.max_body, read_timeout=cfg.queue_timeout + 60.0
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                for worker in self.workers:
+                    await nursery.start(worker.run)
+                api = await nursery.start(
+                    serve, gateway, hypercorn_config(cfg.api_host, cfg.api_port, "meshp2p.api")
+                )
+                console = await nursery.start(
+                    serve,
+                    Console(self.status),
+                    hypercorn_config(cfg.console_host, cfg.console_port, "meshp2p.console"),
+                )
+                self.api_url = api[0] + "/v1"
+                self.console_url = console[0]
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):
+                await gateway.aclose()
+
+
+def _check_port_free(host: str, port: int, flag: str) -> None:
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"port {port} on {host} is in use; stop the other process or pass {flag}"
+                ) from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
