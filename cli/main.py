@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -170,10 +171,31 @@ def main(argv: list[str] | None = None) -> None:
         )
         trio.run(_run_node, config)
     except MeshError as exc:
-        print(f"meshp2p: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        _fail(exc)
+    except BaseExceptionGroup as group:
+        # Errors raised inside nurseries arrive wrapped; an expected one is still one line.
+        expected = _first_mesh_error(group)
+        if expected is None:
+            raise
+        _fail(expected)
     except KeyboardInterrupt:
         pass
+
+
+def _first_mesh_error(group: BaseExceptionGroup[BaseException]) -> MeshError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, MeshError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_mesh_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+def _fail(exc: MeshError) -> NoReturn:
+    print(f"meshp2p: error: {exc}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -318,10 +318,11 @@ def _find_stop(text: str, stops: list[str], sent: int) -> int | None:
     return best
 
 
-def _logit_bias_processor(bias: dict[int, float], n_vocab: int) -> Any:
+def _logit_bias_processor(bias: dict[Any, float], n_vocab: int) -> Any:
     from llama_cpp import LogitsProcessorList
 
-    valid = {t: b for t, b in bias.items() if 0 <= t < n_vocab}
+    # Token ids arrive as JSON object keys, so as strings.
+    valid = {int(t): float(b) for t, b in bias.items() if 0 <= int(t) < n_vocab}
 
     def apply(_input_ids: Any, scores: Any) -> Any:
         for token, value in valid.items():

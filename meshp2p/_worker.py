@@ -65,6 +65,7 @@ class InferenceWorker:
             "state": self.state,
             "path": str(self.settings.model_path),
             "pid": self.pid,
+            "port": self.port,
             "restarts": self.restarts,
             "last_error": self.last_error,
             "n_ctx": self.info.get("n_ctx"),

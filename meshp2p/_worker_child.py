@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -136,25 +137,29 @@ class WorkerApp:
         )
         stream = bool(request.get("stream"))
         cancel = threading.Event()
-        send_events, events = trio.open_memory_channel[Delta | Finish | ApiError](16)
+        # Unbounded: a generation makes at most n_ctx small events, and the model
+        # thread must never wait for the event loop between two tokens.
+        send_events, events = trio.open_memory_channel[Delta | Finish | ApiError](math.inf)
+        loop = trio.lowlevel.current_trio_token()
+
+        def emit(event: Delta | Finish | ApiError) -> None:
+            loop.run_sync_soon(_deliver, send_events, event)
 
         def produce() -> None:
             """Runs in a worker thread: the only place the model is touched."""
             try:
                 prepared = self.engine.prepare(endpoint, request["params"])
                 for event in self.engine.generate(prepared, cancel):
-                    trio.from_thread.run(send_events.send, event)
-            except (Cancelled, trio.BrokenResourceError, trio.Cancelled):
-                cancel.set()
+                    emit(event)
+            except Cancelled:
+                pass
             except ApiError as err:
-                _send_quietly(send_events, err)
+                emit(err)
             except Exception as exc:
                 log.exception("generation failed")
-                _send_quietly(
-                    send_events, ApiError(500, f"generation failed: {exc}", type="server_error")
-                )
+                emit(ApiError(500, f"generation failed: {exc}", type="server_error"))
             finally:
-                trio.from_thread.run_sync(send_events.close)
+                loop.run_sync_soon(send_events.close)
 
         error: ApiError | None = None
         await self.queue.acquire()
@@ -257,12 +262,13 @@ class WorkerApp:
         # The channel closed without a Finish: the client went away.
 
 
-def _send_quietly(
-    channel: trio.MemorySendChannel[Delta | Finish | ApiError], err: ApiError
+def _deliver(
+    channel: trio.MemorySendChannel[Delta | Finish | ApiError], event: Delta | Finish | ApiError
 ) -> None:
+    """Runs in the event loop; the reader may be gone already (client left)."""
     try:
-        trio.from_thread.run(channel.send, err)
-    except (trio.BrokenResourceError, trio.Cancelled, trio.RunFinishedError):
+        channel.send_nowait(event)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
 
 

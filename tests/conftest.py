@@ -1,0 +1,181 @@
+"""Shared fixtures: the default model built once, and real node processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshp2p._models import ModelStore
+
+STARTUP_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A node home whose model store holds the default model, assembled once per run."""
+    home = tmp_path_factory.mktemp("model-home")
+    ModelStore(home).ensure_default()
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_path(model_home: Path) -> Path:
+    return ModelStore(model_home).ensure_default().path
+
+
+class NodeProcess:
+    """A ``meshp2p node`` running as a real child process, on free loopback ports."""
+
+    def __init__(self, home: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.home = home
+        command = [
+            sys.executable,
+            "-m",
+            "meshp2p_cli",
+            "--home",
+            str(home),
+            "node",
+            "--port",
+            "0",
+            "--console-port",
+            "0",
+            "--threads",
+            "1",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(
+            target=self._pump, args=(self.proc.stdout, self.lines), daemon=True
+        ).start()
+        threading.Thread(
+            target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True
+        ).start()
+        self.api_url = ""
+        self.console_url = ""
+
+    def _pump(self, stream: object, into: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._changed:
+                into.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_line(self, prefix: str, timeout: float = STARTUP_TIMEOUT) -> str:
+        """The first stdout line starting with ``prefix``; fails on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line
+                if self.proc.poll() is not None and not any(
+                    ln.startswith(prefix) for ln in self.lines
+                ):
+                    raise AssertionError(
+                        f"node exited ({self.proc.returncode}) before {prefix!r}:\n"
+                        + "\n".join(self.lines + self.stderr_lines)
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no {prefix!r} line within {timeout} s:\n"
+                        + "\n".join(self.lines + self.stderr_lines)
+                    )
+                self._changed.wait(min(left, 0.5))
+
+    def wait_started(self) -> NodeProcess:
+        self.api_url = self.wait_for_line("api: ").split(" ", 1)[1]
+        self.console_url = self.wait_for_line("console: ").split(" ", 1)[1]
+        return self
+
+    def wait_ready(self) -> NodeProcess:
+        self.wait_started()
+        self.wait_for_line("model ", timeout=STARTUP_TIMEOUT)
+        wait_until(
+            lambda: all(m["state"] == "ready" for m in self.status()["models_served"]),
+            STARTUP_TIMEOUT,
+            "models ready",
+        )
+        return self
+
+    def status(self) -> dict:  # type: ignore[type-arg]
+        return httpx.get(self.console_url + "/api/status", timeout=10).json()  # type: ignore[no-any-return]
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until true; used only for state that has no event to wait on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except (httpx.HTTPError, KeyError):
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def start_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Start nodes with ``start_node(args, home=None)``; all are stopped at teardown."""
+    nodes: list[NodeProcess] = []
+
+    def start(
+        args: list[str], home: Path | None = None, env: dict[str, str] | None = None
+    ) -> NodeProcess:
+        node = NodeProcess(home or tmp_path_factory.mktemp("node"), args, env)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        try:
+            node.stop(timeout=15)
+        except subprocess.TimeoutExpired:
+            node.kill()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith(("Z", "X")) is False
+    except OSError:
+        return False
+
+
+__all__ = ["NodeProcess", "pid_alive", "signal", "wait_until"]
