@@ -91,7 +91,9 @@ class Engine:
         from llama_cpp import llama_chat_format
 
         self.llama = llama
-        self.n_ctx: int = llama.n_ctx()
+        # llama.cpp rounds the context up to a multiple of 256, but llama-cpp-python
+        # sizes its token buffer by the size asked for: the smaller one binds.
+        self.n_ctx: int = min(llama.n_ctx(), len(llama.input_ids))
         meta: dict[str, str] = llama.metadata
         template = meta.get("tokenizer.chat_template")
         self.chat_template_source = "gguf" if template else "fallback"
@@ -276,7 +278,8 @@ class Engine:
                 reason = "tool_calls"
         if len(text) > sent:
             yield Delta(text[sent:])
-        yield Finish(reason, len(req.prompt_tokens), count, text, calls)
+        full = req.prompt_text + text if req.echo else text
+        yield Finish(reason, len(req.prompt_tokens), count, full, calls)
 
 
 _CALL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")

@@ -111,8 +111,10 @@ def _number(body: Mapping[str, Any], name: str, lo: float, hi: float, out: dict[
     value = body.get(name)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"{name!r} must be a number", name, "invalid_type")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(f"{name!r} must be a finite number", name, "invalid_type")
     if not lo <= value <= hi:
         raise _bad(f"{name!r} must be between {lo:g} and {hi:g}, got {value}", name)
     out[name] = value
@@ -246,7 +248,7 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(message, dict):
             raise _bad(f"'{param}' must be an object", param, "invalid_type")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad(f"'{param}.role' must be one of {', '.join(sorted(_ROLES))}", param)
         norm: dict[str, Any] = {
             # Chat templates know "system"; "developer" is OpenAI's newer name for it.
@@ -339,7 +341,10 @@ def parse_request(
     """Validate an API request body; raise ``ApiError`` (400) naming the bad field."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
+    # ValueError covers JSONDecodeError and integers past Python's digit limit.
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
@@ -408,25 +413,15 @@ def parse_request(
         # OpenAI's documented default for completions.
         params["max_tokens"] = 16
         _positive_int(body, "max_tokens", "max_tokens", params)
-        suffix = body.get("suffix")
-        if suffix is not None:
-            if not isinstance(suffix, str):
-                raise _bad("'suffix' must be a string", "suffix", "invalid_type")
-            params["suffix"] = suffix
         echo = body.get("echo")
         if echo is not None:
             if not isinstance(echo, bool):
                 raise _bad("'echo' must be a boolean", "echo", "invalid_type")
             params["echo"] = echo
-        logprobs = body.get("logprobs")
-        if logprobs is not None:
-            if (
-                isinstance(logprobs, bool)
-                or not isinstance(logprobs, int)
-                or not 0 <= logprobs <= 5
-            ):
-                raise _bad("'logprobs' must be an integer between 0 and 5", "logprobs")
-            params["logprobs"] = logprobs
+        if body.get("suffix") is not None:
+            raise _unsupported("suffix", "fill-in-the-middle is not implemented")
+        if body.get("logprobs") is not None:
+            raise _unsupported("logprobs", "log probabilities are not returned")
         handled |= {"prompt", "max_tokens", "suffix", "echo", "logprobs"}
 
     ignored = tuple(sorted(k for k in body if k not in handled and k not in _NO_EFFECT))

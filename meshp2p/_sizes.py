@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from ._errors import ConfigError
 
@@ -40,17 +41,20 @@ def parse_size(text: str) -> int:
         raise ConfigError(
             f"unknown size unit {unit!r} in {text!r}; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
         )
-    value = float(number) * factor
+    # Decimal, not float: "2.01kB" is 2010 bytes, and float arithmetic makes it 2009.
+    value = int(Decimal(number) * factor)
     if value <= 0:
-        raise ConfigError(f"size {text!r} must be greater than zero")
-    return int(value)
+        raise ConfigError(f"size {text!r} must be at least one byte")
+    return value
 
 
 def format_size(n: int) -> str:
     """Return ``n`` bytes as a short human string (``"253.1 MB"``)."""
     value = float(n)
     for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        text = f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        # Compare what is printed, so 999_950 bytes reads "1.0 MB", not "1000.0 kB".
+        if abs(float(text.split()[0])) < 1000 or unit == "TB":
+            return text
         value /= 1000
     raise AssertionError("unreachable")

@@ -38,14 +38,18 @@ class ToolCall:
         return call
 
 
-def _as_call(obj: Any) -> ToolCall | None:
+def _as_call(obj: Any, *, marked: bool) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    if not marked and "arguments" not in obj and "parameters" not in obj:
+        # Unmarked JSON is a call only in the call shape; {"name": "Ada", "age": 36}
+        # is an answer (say, to a JSON response_format), not a call of "Ada".
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
         try:
             json.loads(args)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return None
         text = args
     elif isinstance(args, dict):
@@ -55,13 +59,14 @@ def _as_call(obj: Any) -> ToolCall | None:
     return ToolCall(f"call_{uuid.uuid4().hex[:24]}", obj["name"], text)
 
 
-def _calls_from_json(text: str) -> list[ToolCall] | None:
+def _calls_from_json(text: str, *, marked: bool) -> list[ToolCall] | None:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
+        # A model can emit "[[[[..." deeper than the json module recurses; not a call.
         return None
     items = value if isinstance(value, list) else [value]
-    calls = [_as_call(item) for item in items]
+    calls = [_as_call(item, marked=marked) for item in items]
     if not calls or any(c is None for c in calls):
         return None
     return [c for c in calls if c is not None]
@@ -73,17 +78,17 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     if matches:
         calls: list[ToolCall] = []
         for match in matches:
-            found = _calls_from_json(match.group(1))
+            found = _calls_from_json(match.group(1), marked=True)
             if found is None:
                 return text, []
             calls.extend(found)
         return _HERMES.sub("", text).strip(), calls
     stripped = text.strip()
     if stripped.startswith(_MISTRAL):
-        found = _calls_from_json(stripped[len(_MISTRAL) :].strip())
+        found = _calls_from_json(stripped[len(_MISTRAL) :].strip(), marked=True)
         return ("", found) if found else (text, [])
     if stripped.startswith(("{", "[")):
-        found = _calls_from_json(stripped)
+        found = _calls_from_json(stripped, marked=False)
         if found:
             return "", found
     return text, []
