@@ -13,6 +13,7 @@ from typing import NoReturn
 import trio
 
 from meshp2p import MeshError, Node, NodeConfig, format_size, parse_size
+from meshp2p._mesh import DEFAULT_LISTEN
 from meshp2p._models import ModelStore, default_home, load_catalog
 from meshp2p._node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT
 from meshp2p._progress import ProgressBar
@@ -95,6 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="requests that may wait per model before 503 (default 64)",
     )
+    node.add_argument(
+        "--join", metavar="TOKEN", help="join the mesh of this invite token (printed by its nodes)"
+    )
+    node.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="libp2p listen address (repeatable; default QUIC and TCP on all interfaces)",
+    )
+    node.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between gossip heartbeats (default 5)",
+    )
+    node.add_argument(
+        "--dead-after",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="silence after which a peer is declared dead (default 15)",
+    )
 
     sub.add_parser("models", help="list the models in the store and the catalog")
     return parser
@@ -104,12 +129,22 @@ async def _run_node(config: NodeConfig) -> None:
     node = Node(config, progress=lambda label, total: ProgressBar(label, total))
     print(f"meshp2p {node.version} node {node.node_id}", flush=True)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        await nursery.start(node.run)
+        nursery.start_soon(_stop_on_signal, node, nursery.cancel_scope)
+
+        async def run_node(*, task_status: trio.TaskStatus[Node]) -> None:
+            await node.run(task_status=task_status)
+            nursery.cancel_scope.cancel()  # the node has stopped: so do the printers
+
+        await nursery.start(run_node)
         for worker in node.workers:
             print(f"model {worker.model_id}: {worker.settings.model_path}", flush=True)
+        if not node.workers:
+            print("no model: standby, offering this node's memory to the mesh", flush=True)
+        print(f"mesh: {node.credentials.mesh_id}", flush=True)
         print(f"api: {node.api_url}", flush=True)
         print(f"console: {node.console_url}", flush=True)
+        assert node.mesh is not None
+        print(f"invite: {node.mesh.invite_token()}", flush=True)
         for worker in node.workers:
             nursery.start_soon(_report_states, worker)
 
@@ -124,12 +159,15 @@ async def _report_states(worker: object) -> None:
         print(f"model {worker.model_id}: {state}{detail}", flush=True)
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
+async def _stop_on_signal(node: Node, scope: trio.CancelScope) -> None:
+    """First signal: leave the mesh and stop cleanly. Second: stop at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             print(f"stopping ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
-            scope.cancel()
-            return
+            if node.stopping:
+                scope.cancel()
+                return
+            node.stop()
 
 
 def _list_models(home: Path) -> None:
@@ -168,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
             max_vram=args.max_vram,
             max_body=args.max_body,
             max_queue=args.max_queue,
+            join=args.join,
+            heartbeat_interval=args.heartbeat_interval,
+            dead_after=args.dead_after,
+            listen=tuple(args.listen) or DEFAULT_LISTEN,
         )
         trio.run(_run_node, config)
     except MeshError as exc:

@@ -23,7 +23,16 @@ from ._asgi import hypercorn_config
 from ._console import Console
 from ._errors import ConfigError, PortInUseError
 from ._gateway import DEFAULT_MAX_BODY, Backend, Gateway
+from ._gossip import ModelFile as AnnouncedModel
 from ._identity import load_or_create_key, peer_id
+from ._invite import (
+    InviteToken,
+    MeshCredentials,
+    load_credentials,
+    save_credentials,
+    stored_bootstrap,
+)
+from ._mesh import DEFAULT_LISTEN, LocalState, MeshService
 from ._models import ModelFile, ModelStore, default_home
 from ._progress import ProgressFactory
 from ._worker import InferenceWorker, WorkerSettings
@@ -63,6 +72,13 @@ class NodeConfig:
     max_vram: int | None = None
     max_queue: int = 64
     queue_timeout: float = 300.0
+    #: An invite token: join that mesh instead of starting (or rejoining) one.
+    join: str | None = None
+    #: libp2p listen multiaddrs (QUIC and TCP on all interfaces by default).
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    #: Seconds between gossip heartbeats, and of silence before a peer is dead.
+    heartbeat_interval: float = 5.0
+    dead_after: float = 15.0
 
     def __post_init__(self) -> None:
         for name in ("api_port", "console_port"):
@@ -73,6 +89,8 @@ class NodeConfig:
             raise ConfigError("threads must be at least 1")
         if self.ctx_size < 64:
             raise ConfigError("context size must be at least 64 tokens")
+        if not 0 < self.heartbeat_interval < self.dead_after:
+            raise ConfigError("the heartbeat interval must be positive and below dead-after")
 
 
 class Node:
@@ -88,13 +106,49 @@ class Node:
         self.workers: list[InferenceWorker] = []
         self.api_url: str | None = None
         self.console_url: str | None = None
+        self.mesh: MeshService | None = None
+        self._on_disk: tuple[AnnouncedModel, ...] = ()
+        self._stopping = trio.Event()
         self._started = time.time()
+        self.credentials, self.bootstrap, self.new_mesh = self._mesh_membership()
+
+    def _mesh_membership(self) -> tuple[MeshCredentials, tuple[str, ...], bool]:
+        """Which mesh to be in: the invited one, the one this home was in, or a new one."""
+        home = self.config.home
+        if self.config.join is not None:
+            token = InviteToken.decode(self.config.join)
+            previous = load_credentials(home)
+            if previous is not None and previous.mesh_id != token.credentials.mesh_id:
+                log.warning(
+                    "leaving mesh %s for mesh %s", previous.mesh_id, token.credentials.mesh_id
+                )
+            save_credentials(home, token.credentials, token.bootstrap)
+            return token.credentials, token.bootstrap, False
+        stored = load_credentials(home)
+        if stored is not None:
+            return stored, stored_bootstrap(home), False
+        created = MeshCredentials.new()
+        save_credentials(home, created, ())
+        return created, (), True
+
+    def stop(self) -> None:
+        """Leave the mesh cleanly and stop every service; ``run`` returns soon after.
+
+        Cancelling ``run`` instead stops at once, and peers notice only when the
+        node stops answering.
+        """
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     # ModelDirectory, for the gateway
     def backends(self) -> Sequence[Backend]:
         return self.workers
 
     def status(self) -> dict[str, Any]:
+        mesh = self.mesh
         return {
             "node_id": self.node_id,
             "version": self.version,
@@ -102,12 +156,39 @@ class Node:
             "console_url": self.console_url,
             "home": str(self.config.home),
             "uptime_s": round(time.time() - self._started, 1),
+            "role": self.local_state().role,
             "models_served": [w.status() for w in self.workers],
+            "mesh_id": self.credentials.mesh_id,
+            "invite_token": mesh.invite_token() if mesh else None,
+            "addrs": list(mesh.addrs) if mesh else [],
+            "peers": mesh.peers_status(trio.current_time()) if mesh else [],
+            "rejected": list(mesh.rejections) if mesh else [],
+            "gossip": dict(mesh.counters) if mesh else {},
         }
 
+    def local_state(self) -> LocalState:
+        """What this node announces about itself to the mesh."""
+        ready = tuple(w.model_id for w in self.workers if w.state == "ready")
+        total = self.config.max_vram or _physical_memory()
+        used = sum(w.settings.model_path.stat().st_size for w in self.workers)
+        return LocalState(
+            role="host" if self.workers else "standby",
+            models_served=ready,
+            models_on_disk=self._on_disk,
+            memory_free=max(0, total - used),
+            memory_total=total,
+            request_rates={},
+        )
+
     def resolve_models(self) -> list[ModelFile]:
-        """The model files to serve; may assemble or download (blocking)."""
+        """The model files to serve; may assemble or download (blocking).
+
+        A node that joins a mesh without ``--model`` serves nothing and offers
+        its memory; only a node that starts a new mesh falls back to the default.
+        """
         if not self.config.models:
+            if not self.new_mesh:
+                return []
             return [self.store.ensure_default(progress=self.progress)]
         files = [self.store.resolve(spec, progress=self.progress) for spec in self.config.models]
         ids = [f.id for f in files]
@@ -124,7 +205,11 @@ class Node:
         _check_port_free(cfg.api_host, cfg.api_port, "--port")
         _check_port_free(cfg.console_host, cfg.console_port, "--console-port")
         files = await trio.to_thread.run_sync(self.resolve_models)
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // len(files))
+        self._on_disk = tuple(
+            AnnouncedModel(m.id, m.size, m.sha256)
+            for m in await trio.to_thread.run_sync(self.store.list)
+        )
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, len(files)))
         self.workers = [
             InferenceWorker(
                 WorkerSettings(
@@ -142,10 +227,22 @@ class Node:
         gateway = Gateway(
             self, node_id=self.node_id, max_body=cfg.max_body, read_timeout=cfg.queue_timeout + 60.0
         )
+        self.mesh = MeshService(
+            self.keypair,
+            self.credentials,
+            local=self.local_state,
+            version=self.version,
+            listen=cfg.listen,
+            bootstrap=self.bootstrap,
+            heartbeat_interval=cfg.heartbeat_interval,
+            dead_after=cfg.dead_after,
+        )
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.mesh.run)
                 for worker in self.workers:
                     await nursery.start(worker.run)
+                    nursery.start_soon(self._announce_changes, worker)
                 api = await nursery.start(
                     serve, gateway, hypercorn_config(cfg.api_host, cfg.api_port, "meshp2p.api")
                 )
@@ -157,9 +254,26 @@ class Node:
                 self.api_url = api[0] + "/v1"
                 self.console_url = console[0]
                 task_status.started(self)
+                await self._stopping.wait()
+                # A clean exit: say goodbye while the mesh links are still up.
+                await self.mesh.leave()
+                nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await gateway.aclose()
+
+    async def _announce_changes(self, worker: InferenceWorker) -> None:
+        while True:
+            await worker.wait_state_change()
+            if self.mesh is not None:
+                self.mesh.announce_soon()
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
 
 
 def _check_port_free(host: str, port: int, flag: str) -> None:

@@ -37,6 +37,17 @@ class NodeProcess:
 
     def __init__(self, home: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.home = home
+        # Tests stay on loopback: the mesh listens on 127.0.0.1 unless a test says otherwise.
+        listen = (
+            []
+            if "--listen" in args
+            else [
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ]
+        )
         command = [
             sys.executable,
             "-m",
@@ -50,6 +61,7 @@ class NodeProcess:
             "0",
             "--threads",
             "1",
+            *listen,
             *args,
         ]
         self.proc = subprocess.Popen(

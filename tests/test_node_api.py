@@ -296,6 +296,8 @@ def test_taken_port_is_a_one_line_error(
             port,
             "--console-port",
             "0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
         ],
         capture_output=True,
         text=True,

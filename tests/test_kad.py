@@ -1,0 +1,218 @@
+"""MeshKad on real py-libp2p hosts on loopback: scoped protocol id, membership gate, lookups."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.kad_dht.common import PROTOCOL_ID as IPFS_KAD
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
+
+from meshp2p._kad import MeshKad, ScopedHost, on_disk_key, protocol_id_for, served_key
+
+TCP = "/ip4/127.0.0.1/tcp/0"
+QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
+STEP_TIMEOUT = 10.0
+
+
+@asynccontextmanager
+async def running_hosts(n: int, listen: str = TCP) -> AsyncIterator[list[IHost]]:
+    addrs = [Multiaddr(listen)]
+    quic = "quic" in listen
+    hosts = [
+        new_host(key_pair=create_new_key_pair(), listen_addrs=addrs, enable_quic=quic)
+        for _ in range(n)
+    ]
+    async with AsyncExitStack() as stack:
+        for host in hosts:
+            await stack.enter_async_context(host.run(listen_addrs=addrs))
+        yield hosts
+
+
+async def start_kads(
+    nursery: trio.Nursery, hosts: Sequence[IHost], mesh_id: str, is_member: Callable[[ID], bool]
+) -> list[MeshKad]:
+    kads = [MeshKad(host, mesh_id, is_member) for host in hosts]
+    for kad in kads:
+        await nursery.start(kad.run)
+    return kads
+
+
+async def link(a: IHost, b: IHost, *meshes: tuple[MeshKad, MeshKad]) -> None:
+    """Connect two hosts and introduce them to each other in each mesh given."""
+    with trio.fail_after(STEP_TIMEOUT):
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+    for kad_a, kad_b in meshes:
+        assert await kad_a.add_peer(b.get_id(), b.get_addrs())
+        assert await kad_b.add_peer(a.get_id(), a.get_addrs())
+
+
+async def link_chain(hosts: Sequence[IHost], *meshes: Sequence[MeshKad]) -> None:
+    """A-B, B-C, C-D: each host knows only its neighbours."""
+    async with trio.open_nursery() as nursery:
+        for i in range(len(hosts) - 1):
+            pairs = [(kads[i], kads[i + 1]) for kads in meshes]
+            nursery.start_soon(link, hosts[i], hosts[i + 1], *pairs)
+
+
+def bare(addrs: Sequence[Multiaddr]) -> set[str]:
+    """Addresses without their /p2p/<peer id> suffix, which some lists carry and some not."""
+    return {str(addr).split("/p2p/")[0] for addr in addrs}
+
+
+def kad_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and text in r.getMessage()
+    ]
+
+
+def test_keys_and_protocol_id_are_namespaced() -> None:
+    assert served_key("gemma-3-270m") == "/mesh-model/served/gemma-3-270m"
+    assert on_disk_key("ab" * 32) == "/mesh-model/disk/" + "ab" * 32
+    pid = protocol_id_for("my mesh ☃")
+    assert pid.startswith("/mesh/kad/1.0.0/")
+    assert len(pid.rsplit("/", 1)[1]) == 32
+    assert pid.isascii()
+    assert pid == protocol_id_for("my mesh ☃")
+    assert pid != protocol_id_for("my mesh")
+
+
+async def test_only_the_scoped_protocol_is_registered_and_it_goes_on_stop() -> None:
+    async with running_hosts(1) as (host,), trio.open_nursery() as nursery:
+        kad = MeshKad(host, "mesh-a", lambda _: True)
+        with pytest.raises(RuntimeError, match="not running"):
+            await kad.provide(served_key("x"))
+        await nursery.start(kad.run)
+        protocols = host.get_mux().get_protocols()
+        assert kad.protocol_id in protocols
+        assert IPFS_KAD not in protocols
+        nowhere = ID.from_pubkey(create_new_key_pair().public_key)
+        assert not await kad.add_peer(nowhere, [])
+        assert kad.routing_table_size == 0
+        nursery.cancel_scope.cancel()
+    assert kad.protocol_id not in host.get_mux().get_protocols()
+    assert not kad.running
+
+
+async def test_lookups_cross_a_chain_of_members(caplog: pytest.LogCaptureFixture) -> None:
+    async with running_hosts(4) as hosts, trio.open_nursery() as nursery:
+        a, _, _, d = hosts
+        members = {h.get_id() for h in hosts}
+        kads = await start_kads(nursery, hosts, "mesh-a", members.__contains__)
+        await link_chain(hosts, kads)
+        assert a.get_id() not in d.get_connected_peers()
+        assert a.get_id() not in d.get_peerstore().peer_ids()
+
+        info = await kads[3].find_peer(a.get_id())
+        assert info is not None
+        assert bare(info.addrs) == bare(a.get_addrs())
+
+        key = served_key("gemma-3-270m")
+        assert await kads[0].provide(key)
+        assert await kads[3].find_providers(key) == [a.get_id()]
+        assert await kads[2].find_providers(key) == [a.get_id()]
+        assert await kads[3].find_providers(on_disk_key("00" * 32)) == []
+        nursery.cancel_scope.cancel()
+    # Each lookup ends with clients closing their streams; that is not worth a warning.
+    assert kad_warnings(caplog, "Failed to read DHT message") == []
+
+
+async def test_non_member_is_reset_and_finds_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    async with running_hosts(5) as hosts, trio.open_nursery() as nursery:
+        a, b, _, _, outsider = hosts
+        members = {h.get_id() for h in hosts[:4]}
+        kads = await start_kads(nursery, hosts[:4], "mesh-a", members.__contains__)
+        # The outsider knows the mesh id and trusts everyone; the members do not trust it.
+        (rogue,) = await start_kads(nursery, [outsider], "mesh-a", lambda _: True)
+        await link_chain(hosts[:4], kads)
+        with trio.fail_after(STEP_TIMEOUT):
+            await outsider.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        assert not await kads[1].add_peer(outsider.get_id(), outsider.get_addrs())
+        await rogue.add_peer(b.get_id(), b.get_addrs())
+
+        key = served_key("gemma-3-270m")
+        assert await kads[0].provide(key)
+
+        # A raw kad stream from the outsider is reset before anything is read from it: the
+        # reset may even beat multistream's last answer, failing the outsider's new_stream.
+        with trio.fail_after(STEP_TIMEOUT), pytest.raises(Exception):  # noqa: B017
+            stream = await outsider.new_stream(b.get_id(), [kads[1].protocol_id])
+            await stream.write(b"\x00")
+            if not await stream.read(1):
+                raise EOFError
+        assert kad_warnings(caplog, f"reset kad stream from {outsider.get_id()}")
+
+        assert await rogue.find_providers(key) == []
+        assert await rogue.find_peer(a.get_id()) is None
+        rogue_key = served_key("rogue-model")
+        await rogue.provide(rogue_key)
+        assert await kads[1].find_providers(rogue_key) == []
+        assert await kads[3].find_providers(rogue_key) == []
+        assert outsider.get_id() not in (await kads[3].find_providers(key))
+
+        # Members never open kad streams to the outsider, though B is connected to it.
+        inbound: list[ID] = []
+
+        async def record(stream: INetStream) -> None:
+            inbound.append(stream.muxed_conn.peer_id)
+            await stream.reset()
+
+        outsider.set_stream_handler(rogue.protocol_id, record)
+        for kad in kads:
+            assert await kad.find_providers(rogue_key) == []
+            assert await kad.find_peer(outsider.get_id()) is None
+        # B knows where the outsider is, but its DHT neither dials nor tells of it.
+        scoped = ScopedHost(b, kads[1].protocol_id, members.__contains__)
+        assert b.get_peerstore().addrs(outsider.get_id())
+        assert scoped.get_peerstore().addrs(outsider.get_id()) == []
+        assert outsider.get_id() not in scoped.get_connected_peers()
+        with pytest.raises(Exception, match="not a member"):
+            await scoped.new_stream(outsider.get_id(), [IPFS_KAD])
+        assert inbound == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_meshes_on_the_same_hosts_do_not_share_records() -> None:
+    async with running_hosts(4) as hosts, trio.open_nursery() as nursery:
+        a, _, _, d = hosts
+        members = {h.get_id() for h in hosts}
+        red = await start_kads(nursery, hosts, "red", members.__contains__)
+        blue = await start_kads(nursery, hosts, "blue", members.__contains__)
+        assert {red[0].protocol_id, blue[0].protocol_id} <= set(a.get_mux().get_protocols())
+        await link_chain(hosts, red, blue)
+
+        red_only, blue_only = served_key("red-model"), served_key("blue-model")
+        assert await red[0].provide(red_only)
+        assert await blue[3].provide(blue_only)
+        assert await red[3].find_providers(red_only) == [a.get_id()]
+        assert await blue[0].find_providers(blue_only) == [d.get_id()]
+        for kad in blue:
+            assert await kad.find_providers(red_only) == []
+        for kad in red:
+            assert await kad.find_providers(blue_only) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_lookups_work_over_quic() -> None:
+    async with running_hosts(4, QUIC) as hosts, trio.open_nursery() as nursery:
+        a = hosts[0]
+        members = {h.get_id() for h in hosts}
+        kads = await start_kads(nursery, hosts, "mesh-q", members.__contains__)
+        await link_chain(hosts, kads)
+        info = await kads[3].find_peer(a.get_id())
+        assert info is not None
+        assert any("quic-v1" in str(addr) for addr in info.addrs)
+        key = on_disk_key("ab" * 32)
+        assert await kads[0].provide(key)
+        assert await kads[3].find_providers(key) == [a.get_id()]
+        nursery.cancel_scope.cancel()
