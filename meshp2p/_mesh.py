@@ -32,6 +32,7 @@ from . import _auth, _gossip
 from ._errors import ConfigError, ProtocolError
 from ._gossip import Announce, Announcement, Dead, Digest, Leaving, MeshState, MeshView, Want
 from ._invite import InviteToken, MeshCredentials
+from ._kad import MeshKad, on_disk_key, served_key
 from ._wire import FrameDecoder, encode_frame
 
 log = logging.getLogger("meshp2p.mesh")
@@ -128,6 +129,8 @@ class MeshService:
         self._membership = trio.Event()
         self._handshakes = trio.Semaphore(_MAX_HANDSHAKES)
         self._ping: PingService | None = None
+        self.kad: MeshKad | None = None
+        self._provided: set[str] = set()
         self._leaving = False
         self.counters = dict.fromkeys(
             ("frames_sent", "bytes_sent", "frames_received", "bytes_received"), 0
@@ -208,6 +211,8 @@ class MeshService:
                 self.addrs = _dialable_addrs(host, self.node_id)
                 host.set_stream_handler(AUTH, self._handle_auth)
                 host.set_stream_handler(GOSSIP, self.members_only(self._handle_gossip))
+                self.kad = MeshKad(host, self.credentials.mesh_id, self.is_member)
+                await nursery.start(self.kad.run)
                 self._refresh_own(force=True)
                 nursery.start_soon(self._heartbeat)
                 for addr in self.bootstrap:
@@ -234,8 +239,16 @@ class MeshService:
         self._membership = trio.Event()
         if first:
             log.info("peer %s proved mesh membership", peer)
-        if peer not in self._links and self._nursery is not None:
+        if self._nursery is None:
+            return
+        if peer not in self._links:
             self._nursery.start_soon(self._run_link, peer)
+        if first and self.kad is not None:
+            addrs = self.host.get_peerstore().addrs(peer)
+            self._nursery.start_soon(self.kad.add_peer, peer, addrs)
+            # A newcomer's routing table is empty: offer our records to it too.
+            self._provided.clear()
+            self._nursery.start_soon(self._provide_records)
 
     def _reject(self, peer: ID, reason: str) -> None:
         self.rejections.append({"peer": str(peer), "reason": reason, "at": time.time()})
@@ -348,7 +361,25 @@ class MeshService:
         self._own = _gossip.sign({**fields, "seq": self._seq}, self.keypair.private_key)
         self._own_fields = fields
         self.state.apply_announcement(self._own, trio.current_time())
+        if self._nursery is not None:
+            self._nursery.start_soon(self._provide_records)
         return True
+
+    async def _provide_records(self) -> None:
+        """Provider records in the mesh DHT: which models we serve and hold on disk."""
+        if self.kad is None or self._own is None:
+            return
+        keys = {served_key(m) for m in self._own.models_served}
+        keys |= {on_disk_key(m.sha256) for m in self._own.models_on_disk}
+        for key in sorted(keys - self._provided):
+            if await self.kad.provide(key):
+                self._provided.add(key)
+
+    async def providers(self, key: str) -> list[str]:
+        """Members the mesh DHT names as providers of ``key`` (see ``_kad``'s keys)."""
+        if self.kad is None:
+            return []
+        return [p.to_base58() for p in await self.kad.find_providers(key)]
 
     async def _heartbeat(self) -> None:
         next_beat = trio.current_time()
@@ -397,7 +428,16 @@ class MeshService:
                     addrs.append(multiaddr.Multiaddr(a.split("/p2p/")[0]))
                 except Exception:
                     continue
-            self._nursery.start_soon(self._dial, Libp2pPeerInfo(peer, addrs))
+            self._nursery.start_soon(self._dial_known, peer, addrs)
+
+    async def _dial_known(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        """Dial a node learned by gossip; if it announced no usable address, ask the DHT."""
+        if not addrs and self.kad is not None:
+            found = await self.kad.find_peer(peer)
+            if found is None:
+                return
+            addrs = list(found.addrs)
+        await self._dial(Libp2pPeerInfo(peer, addrs))
 
     async def _measure_rtt(self, peer: ID) -> None:
         if self._ping is None:

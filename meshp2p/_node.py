@@ -164,6 +164,29 @@ class Node:
             "peers": mesh.peers_status(trio.current_time()) if mesh else [],
             "rejected": list(mesh.rejections) if mesh else [],
             "gossip": dict(mesh.counters) if mesh else {},
+            "kad": {
+                "protocol": str(mesh.kad.protocol_id),
+                "routing_table_size": mesh.kad.routing_table_size,
+            }
+            if mesh and mesh.kad
+            else None,
+        }
+
+    async def providers(self, model_id: str) -> dict[str, Any]:
+        """Who the mesh DHT says serves ``model_id``, and who holds its file."""
+        from ._kad import on_disk_key, served_key
+
+        if self.mesh is None:
+            return {"model": model_id, "served_by": [], "on_disk": []}
+        # The file's hash comes from gossip: whoever holds it announced it.
+        sha = next(
+            (m.sha256 for p in self.mesh.view() for m in p.models_on_disk if m.name == model_id),
+            None,
+        )
+        return {
+            "model": model_id,
+            "served_by": await self.mesh.providers(served_key(model_id)),
+            "on_disk": await self.mesh.providers(on_disk_key(sha)) if sha else [],
         }
 
     def local_state(self) -> LocalState:
@@ -205,9 +228,12 @@ class Node:
         _check_port_free(cfg.api_host, cfg.api_port, "--port")
         _check_port_free(cfg.console_host, cfg.console_port, "--console-port")
         files = await trio.to_thread.run_sync(self.resolve_models)
+        # Files served from outside the store are on disk too.
+        stored = await trio.to_thread.run_sync(self.store.list)
+        on_disk = {m.sha256: m for m in [*stored, *files]}
         self._on_disk = tuple(
             AnnouncedModel(m.id, m.size, m.sha256)
-            for m in await trio.to_thread.run_sync(self.store.list)
+            for m in sorted(on_disk.values(), key=lambda m: m.id)
         )
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, len(files)))
         self.workers = [
@@ -248,7 +274,7 @@ class Node:
                 )
                 console = await nursery.start(
                     serve,
-                    Console(self.status),
+                    Console(self.status, self.providers),
                     hypercorn_config(cfg.console_host, cfg.console_port, "meshp2p.console"),
                 )
                 self.api_url = api[0] + "/v1"

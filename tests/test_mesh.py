@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import multiaddr
 import pytest
 import trio
@@ -60,6 +61,15 @@ def test_four_nodes_form_a_mesh_and_notice_leaving_dying_and_returning(
     assert view[ids["c"]]["role"] == "standby"
     assert view[ids["a"]]["memory_total"] > 0
     assert b.status()["mesh_id"] == a.status()["mesh_id"]
+
+    # The mesh-scoped DHT knows who serves and who holds the model.
+    def providers() -> dict:  # type: ignore[type-arg]
+        url = d.console_url + "/api/providers/gemma-3-270m-Q4_K_M"
+        return httpx.get(url, timeout=30).json()  # type: ignore[no-any-return]
+
+    wait_until(lambda: providers()["served_by"] == [ids["a"]], 15, "D to find A in the DHT")
+    assert providers()["on_disk"] == [ids["a"]]
+    assert d.status()["kad"]["protocol"].startswith("/mesh/kad/1.0.0/")
 
     # A clean shutdown is noticed within 2 s.
     assert d.stop(signal.SIGINT) == 0
