@@ -9,7 +9,7 @@ LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
 # Arguments for `make run`, e.g. make run ARGS="--model path/to/model.gguf"
 ARGS ?=
 
-.PHONY: install run test check lint typecheck pytest bench clean
+.PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence clean
 
 install: $(STAMP)
 
@@ -48,8 +48,15 @@ pytest: install
 
 test: check pytest
 
-bench: install
+# Benchmarks print ratios against a baseline measured in the same run and
+# write their numbers to docs/benchmarks/, which docs/performance.md quotes.
+bench: bench-gateway bench-convergence
+
+bench-gateway: install
 	$(PY) tests/bench/bench_gateway.py
+
+bench-convergence: install
+	$(PY) tests/bench/bench_convergence.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
