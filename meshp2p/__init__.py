@@ -11,6 +11,7 @@ Everything importable from this package root is public; modules whose names
 start with ``_`` may change without notice.
 """
 
+from ._auth import AuthResult, Challenge, Hello, Proof
 from ._errors import (
     ChecksumError,
     ConfigError,
@@ -19,23 +20,53 @@ from ._errors import (
     ModelError,
     ModelNotFoundError,
     PortInUseError,
+    ProtocolError,
     WorkerError,
 )
+from ._gossip import (
+    Announce,
+    Announcement,
+    Dead,
+    Digest,
+    Leaving,
+    MeshView,
+    PeerInfo,
+    Want,
+)
+from ._invite import InviteError, InviteToken, MeshCredentials
+from ._mesh import MeshService
 from ._node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, Node, NodeConfig
 from ._sizes import format_size, parse_size
 
 __all__ = [
     "DEFAULT_API_PORT",
     "DEFAULT_CONSOLE_PORT",
+    "Announce",
+    "Announcement",
+    "AuthResult",
+    "Challenge",
     "ChecksumError",
     "ConfigError",
+    "Dead",
+    "Digest",
     "DownloadError",
+    "Hello",
+    "InviteError",
+    "InviteToken",
+    "Leaving",
+    "MeshCredentials",
     "MeshError",
+    "MeshService",
+    "MeshView",
     "ModelError",
     "ModelNotFoundError",
     "Node",
     "NodeConfig",
+    "PeerInfo",
     "PortInUseError",
+    "Proof",
+    "ProtocolError",
+    "Want",
     "WorkerError",
     "format_size",
     "parse_size",

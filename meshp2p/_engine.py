@@ -225,8 +225,6 @@ class Engine:
         vocab = llama._model.vocab
         seed = req.seed if req.seed is not None else random.getrandbits(32)
         llama.set_seed(seed)
-        if req.grammar is not None:
-            req.grammar.reset()
 
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         text = ""  # everything generated so far

@@ -21,8 +21,9 @@ import trio
 
 from ._asgi import hypercorn_config
 from ._console import Console
-from ._errors import ConfigError, PortInUseError
+from ._errors import ConfigError, MeshError, PortInUseError
 from ._gateway import DEFAULT_MAX_BODY, Backend, Gateway
+from ._gossip import MeshView
 from ._gossip import ModelFile as AnnouncedModel
 from ._identity import load_or_create_key, peer_id
 from ._invite import (
@@ -142,6 +143,12 @@ class Node:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    def view(self) -> MeshView:
+        """An immutable snapshot of the mesh (this node included) for placement and routing."""
+        if self.mesh is None:
+            raise MeshError("the node is not running")
+        return self.mesh.view()
 
     # ModelDirectory, for the gateway
     def backends(self) -> Sequence[Backend]:
