@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--join", metavar="TOKEN", help="join the mesh of this invite token (printed by its nodes)"
     )
     node.add_argument(
+        "--client",
+        action="store_true",
+        help="join as a passive client: API only, no model, no gossip (needs --join)",
+    )
+    node.add_argument(
         "--listen",
         action="append",
         default=[],
@@ -138,7 +143,9 @@ async def _run_node(config: NodeConfig) -> None:
         await nursery.start(run_node)
         for worker in node.workers:
             print(f"model {worker.model_id}: {worker.settings.model_path}", flush=True)
-        if not node.workers:
+        if node.config.client:
+            print("client: API only, routing to the mesh's hosts", flush=True)
+        elif not node.workers:
             print("no model: standby, offering this node's memory to the mesh", flush=True)
         print(f"mesh: {node.credentials.mesh_id}", flush=True)
         print(f"api: {node.api_url}", flush=True)
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             max_body=args.max_body,
             max_queue=args.max_queue,
             join=args.join,
+            client=args.client,
             heartbeat_interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             listen=tuple(args.listen) or DEFAULT_LISTEN,

@@ -102,6 +102,7 @@ class MeshService:
         bootstrap: Sequence[str] = (),
         heartbeat_interval: float = 5.0,
         dead_after: float = 15.0,
+        client: bool = False,
     ) -> None:
         self.keypair = keypair
         self.credentials = credentials
@@ -111,6 +112,8 @@ class MeshService:
         self.bootstrap = tuple(bootstrap)
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
+        #: A passive client authenticates but takes no part in gossip or the DHT.
+        self.client = client
         self.peer_id = ID.from_pubkey(keypair.public_key)
         self.node_id = self.peer_id.to_base58()
         self.state = MeshState(credentials.mesh_id)
@@ -210,11 +213,12 @@ class MeshService:
                 self._ping = PingService(host)
                 self.addrs = _dialable_addrs(host, self.node_id)
                 host.set_stream_handler(AUTH, self._handle_auth)
-                host.set_stream_handler(GOSSIP, self.members_only(self._handle_gossip))
-                self.kad = MeshKad(host, self.credentials.mesh_id, self.is_member)
-                await nursery.start(self.kad.run)
-                self._refresh_own(force=True)
-                nursery.start_soon(self._heartbeat)
+                if not self.client:
+                    host.set_stream_handler(GOSSIP, self.members_only(self._handle_gossip))
+                    self.kad = MeshKad(host, self.credentials.mesh_id, self.is_member)
+                    await nursery.start(self.kad.run)
+                    self._refresh_own(force=True)
+                    nursery.start_soon(self._heartbeat)
                 for addr in self.bootstrap:
                     nursery.start_soon(self._join_bootstrap, addr)
                 task_status.started()
@@ -239,16 +243,29 @@ class MeshService:
         self._membership = trio.Event()
         if first:
             log.info("peer %s proved mesh membership", peer)
-        if self._nursery is None:
+
+    def _link_up(self, peer: ID) -> None:
+        """Gossip with a member: open our outbound link and share the DHT with it.
+
+        Only for peers that gossip (we dialled them as a full node, or they opened
+        a gossip stream to us): passive clients never get here, so a server keeps
+        no gossip or DHT state for them.
+        """
+        if self.client or self._leaving or self._nursery is None or peer in self._links:
             return
-        if peer not in self._links:
-            self._nursery.start_soon(self._run_link, peer)
-        if first and self.kad is not None:
+        self._nursery.start_soon(self._run_link, peer)
+        if self.kad is not None:
             addrs = self.host.get_peerstore().addrs(peer)
             self._nursery.start_soon(self.kad.add_peer, peer, addrs)
             # A newcomer's routing table is empty: offer our records to it too.
             self._provided.clear()
             self._nursery.start_soon(self._provide_records)
+
+    async def connect(self, peer: ID, addrs: Sequence[multiaddr.Multiaddr]) -> bool:
+        """Dial and authenticate ``peer`` if needed; True once it is a member."""
+        if peer in self.members:
+            return True
+        return await self._dial(Libp2pPeerInfo(peer, list(addrs)))
 
     def _reject(self, peer: ID, reason: str) -> None:
         self.rejections.append({"peer": str(peer), "reason": reason, "at": time.time()})
@@ -276,10 +293,10 @@ class MeshService:
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    async def _dial(self, info: Libp2pPeerInfo) -> None:
+    async def _dial(self, info: Libp2pPeerInfo) -> bool:
         peer = info.peer_id
         if peer in self._dialing or peer == self.peer_id:
-            return
+            return False
         self._dialing.add(peer)
         self._last_dial[peer] = trio.current_time()
         try:
@@ -288,11 +305,13 @@ class MeshService:
             ok = await self._authenticate(peer)
         except Exception as exc:  # libp2p raises many kinds; none may stop the node
             log.info("could not reach %s: %s", peer, exc or type(exc).__name__)
-            return
+            return False
         finally:
             self._dialing.discard(peer)
         if ok:
             self._admit(peer)
+            self._link_up(peer)
+        return ok
 
     async def _authenticate(self, peer: ID) -> bool:
         """Run the handshake as initiator; True if the peer proved the secret."""
@@ -440,15 +459,21 @@ class MeshService:
         await self._dial(Libp2pPeerInfo(peer, addrs))
 
     async def _measure_rtt(self, peer: ID) -> None:
+        await self.ping(peer, _PING_TIMEOUT)
+
+    async def ping(self, peer: ID, within: float) -> bool:
+        """Ping ``peer`` once (libp2p ping); True if it answered within ``within`` s."""
         if self._ping is None:
-            return
-        with trio.move_on_after(_PING_TIMEOUT):
+            return False
+        with trio.move_on_after(within):
             try:
                 rtts = await self._ping.ping(peer, ping_amt=1)
             except Exception:
-                return
+                return False
             if rtts:
                 self.state.record_rtt(peer.to_base58(), float(rtts[0]))
+                return True
+        return False
 
     def _send(self, link: _Link, frame: bytes) -> None:
         try:
@@ -500,6 +525,7 @@ class MeshService:
 
     async def _handle_gossip(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
+        self._link_up(peer)  # it gossips with us, so we gossip with it
         decoder = FrameDecoder(_gossip.MAX_FRAME)
         try:
             while True:

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from ._asgi import hypercorn_config
 from ._console import Console
 from ._errors import ConfigError, MeshError, PortInUseError
-from ._gateway import DEFAULT_MAX_BODY, Backend, Gateway
+from ._gateway import DEFAULT_MAX_BODY, Gateway
 from ._gossip import MeshView
 from ._gossip import ModelFile as AnnouncedModel
 from ._identity import load_or_create_key, peer_id
@@ -36,6 +37,8 @@ from ._invite import (
 from ._mesh import DEFAULT_LISTEN, LocalState, MeshService
 from ._models import ModelFile, ModelStore, default_home
 from ._progress import ProgressFactory
+from ._route_service import RemoteUpstream, RouteServer, RoutingTableClient
+from ._router import RemoteHost, RequestRouter
 from ._worker import InferenceWorker, WorkerSettings
 
 log = logging.getLogger("meshp2p.node")
@@ -80,6 +83,8 @@ class NodeConfig:
     #: Seconds between gossip heartbeats, and of silence before a peer is dead.
     heartbeat_interval: float = 5.0
     dead_after: float = 15.0
+    #: A passive client: API only, no model, no gossip; needs ``join``.
+    client: bool = False
 
     def __post_init__(self) -> None:
         for name in ("api_port", "console_port"):
@@ -90,6 +95,10 @@ class NodeConfig:
             raise ConfigError("threads must be at least 1")
         if self.ctx_size < 64:
             raise ConfigError("context size must be at least 64 tokens")
+        if self.client and self.join is None:
+            raise ConfigError("--client needs --join TOKEN: a client joins an existing mesh")
+        if self.client and self.models:
+            raise ConfigError("--client serves no model; drop --model or --client")
         if not 0 < self.heartbeat_interval < self.dead_after:
             raise ConfigError("the heartbeat interval must be positive and below dead-after")
 
@@ -108,6 +117,8 @@ class Node:
         self.api_url: str | None = None
         self.console_url: str | None = None
         self.mesh: MeshService | None = None
+        self.table: RoutingTableClient | None = None
+        self.router: RequestRouter | None = None
         self._on_disk: tuple[AnnouncedModel, ...] = ()
         self._stopping = trio.Event()
         self._started = time.time()
@@ -150,10 +161,6 @@ class Node:
             raise MeshError("the node is not running")
         return self.mesh.view()
 
-    # ModelDirectory, for the gateway
-    def backends(self) -> Sequence[Backend]:
-        return self.workers
-
     def status(self) -> dict[str, Any]:
         mesh = self.mesh
         return {
@@ -168,7 +175,7 @@ class Node:
             "mesh_id": self.credentials.mesh_id,
             "invite_token": mesh.invite_token() if mesh else None,
             "addrs": list(mesh.addrs) if mesh else [],
-            "peers": mesh.peers_status(trio.current_time()) if mesh else [],
+            "peers": self._peers_status(),
             "rejected": list(mesh.rejections) if mesh else [],
             "gossip": dict(mesh.counters) if mesh else {},
             "kad": {
@@ -196,13 +203,28 @@ class Node:
             "on_disk": await self.mesh.providers(on_disk_key(sha)) if sha else [],
         }
 
+    def _peers_status(self) -> list[dict[str, Any]]:
+        if self.table is not None:
+            return [
+                {
+                    "id": h.node_id,
+                    "addrs": list(h.addrs),
+                    "role": "host",
+                    "models_served": list(h.models),
+                    "inflight": h.inflight,
+                }
+                for h in self.table.table.hosts
+            ]
+        return self.mesh.peers_status(trio.current_time()) if self.mesh else []
+
     def local_state(self) -> LocalState:
         """What this node announces about itself to the mesh."""
         ready = tuple(w.model_id for w in self.workers if w.state == "ready")
         total = self.config.max_vram or _physical_memory()
         used = sum(w.settings.model_path.stat().st_size for w in self.workers)
+        role = "client" if self.config.client else "host" if self.workers else "standby"
         return LocalState(
-            role="host" if self.workers else "standby",
+            role=role,
             models_served=ready,
             models_on_disk=self._on_disk,
             memory_free=max(0, total - used),
@@ -257,10 +279,15 @@ class Node:
             )
             for f in files
         ]
-        gateway = Gateway(
-            self, node_id=self.node_id, max_body=cfg.max_body, read_timeout=cfg.queue_timeout + 60.0
+        # trust_env=False: a proxy from the environment must never see local traffic.
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=5.0, read=cfg.queue_timeout + 60.0, write=30.0, pool=30.0
+            ),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+            trust_env=False,
         )
-        self.mesh = MeshService(
+        self.mesh = mesh = MeshService(
             self.keypair,
             self.credentials,
             local=self.local_state,
@@ -269,10 +296,28 @@ class Node:
             bootstrap=self.bootstrap,
             heartbeat_interval=cfg.heartbeat_interval,
             dead_after=cfg.dead_after,
+            client=cfg.client,
         )
+        if cfg.client:
+            self.table = RoutingTableClient(mesh, cfg.heartbeat_interval)
+        self.router = RequestRouter(
+            self.node_id,
+            lambda: self.workers,
+            self._remote_hosts,
+            lambda node_id: RemoteUpstream(
+                mesh, node_id, self._addrs_of, first_byte_timeout=cfg.queue_timeout + 60.0
+            ),
+            self.http,
+            on_host_failure=lambda _node_id: self.table.refresh_soon() if self.table else None,
+        )
+        gateway = Gateway(self.router, node_id=self.node_id, max_body=cfg.max_body)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.mesh.run)
+                await nursery.start(mesh.run)
+                if self.table is not None:
+                    await nursery.start(self.table.run)
+                else:
+                    RouteServer(mesh, lambda: self.workers, self.http).register()
                 for worker in self.workers:
                     await nursery.start(worker.run)
                     nursery.start_soon(self._announce_changes, worker)
@@ -293,7 +338,29 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await gateway.aclose()
+                await self.http.aclose()
+
+    def _remote_hosts(self) -> list[RemoteHost]:
+        """Other nodes that serve models: from the routing table or from gossip."""
+        if self.table is not None:
+            return [
+                RemoteHost(h.node_id, tuple(h.models), None)
+                for h in self.table.table.hosts
+                if h.node_id != self.node_id
+            ]
+        if self.mesh is None:
+            return []
+        return [
+            RemoteHost(p.id, tuple(p.models_served), p.rtt_ms)
+            for p in self.mesh.view()
+            if p.id != self.node_id and p.models_served
+        ]
+
+    def _addrs_of(self, node_id: str) -> Sequence[str]:
+        if self.table is not None:
+            return self.table.addrs(node_id)
+        peer = self.mesh.view().peer(node_id) if self.mesh is not None else None
+        return peer.addrs if peer is not None else ()
 
     async def _announce_changes(self, worker: InferenceWorker) -> None:
         while True:

@@ -21,8 +21,8 @@ if str(ROOT) not in sys.path:
 from libp2p.crypto.ed25519 import Ed25519PrivateKey  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
 
-from meshp2p import _auth, _gossip  # noqa: E402
-from meshp2p._wire import FrameDecoder, encode_frame  # noqa: E402
+from meshp2p import _auth, _gossip, _route  # noqa: E402
+from meshp2p._wire import FrameDecoder, encode_cbor, encode_frame  # noqa: E402
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 
@@ -224,9 +224,86 @@ def gossip_vectors() -> list[dict[str, Any]]:
     ]
 
 
+def route_vectors() -> list[dict[str, Any]]:
+    # Names start with the sending side: both sides have a message of type "table".
+    node_a = ID.from_pubkey(key(SEED_A).get_public_key()).to_base58()
+    node_b = ID.from_pubkey(key(SEED_B).get_public_key()).to_base58()
+    chat = (
+        b'{"model":"gemma-3-270m-q4_k_m","messages":[{"role":"user","content":"Hi"}],"stream":true}'
+    )
+    completion = b'{"model":"gemma-3-270m-q4_k_m","prompt":"Once upon a time","max_tokens":16}'
+    sse = (
+        b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":'
+        b'[{"index":0,"delta":{"content":"Hello"}}]}\n\n'
+    )
+    request = _route.RouteRequest("req-0001", "chat", chat)
+    hosts = [
+        _route.HostEntry(
+            node_a,
+            ("/ip4/192.0.2.10/tcp/4001", "/ip6/2001:db8::10/udp/4001/quic-v1"),
+            ("gemma-3-270m-q4_k_m",),
+            2,
+        ),
+        _route.HostEntry(node_b, ("/ip4/192.0.2.11/tcp/4001",), ("gemma-3-270m-q4_k_m",), 0),
+    ]
+    table = _route.make_table(hosts)
+    empty = _route.make_table([])
+
+    def version_check(t: _route.RoutingTable) -> dict[str, Any]:
+        hosts_cbor = encode_cbor([h.to_map() for h in t.hosts])
+        payload = _route.TABLE_VERSION_DOMAIN + hosts_cbor
+        return {
+            "domain": _route.TABLE_VERSION_DOMAIN.rstrip(b"\0").decode(),  # then one 0x00
+            "hosts_cbor": hosts_cbor,
+            "hashed": payload,
+            "sha256": hashlib.sha256(payload).digest(),
+            "version": t.version,
+        }
+
+    return [
+        vector("client: request (chat, streaming)", request.to_map()),
+        vector(
+            "client: request (completion)",
+            _route.RouteRequest("req-0002", "completion", completion).to_map(),
+        ),
+        vector(
+            "client: request with an unknown key (ignored by v1 servers)",
+            {**request.to_map(), "priority": 3},
+        ),
+        vector("client: table request (holds no table)", _route.TableRequest(0).to_map()),
+        vector(
+            "client: table request (holds a version)", _route.TableRequest(table.version).to_map()
+        ),
+        vector(
+            "server: head",
+            _route.ResponseHead(
+                200, {"content-type": "text/event-stream", "cache-control": "no-cache"}
+            ).to_map(),
+        ),
+        vector("server: data", _route.ResponseData(sse).to_map()),
+        vector("server: end", _route.ResponseEnd().to_map()),
+        vector(
+            "server: unavailable (model not served here)",
+            _route.Unavailable("not_served", "model 'x' is not served by this node").to_map(),
+        ),
+        vector(
+            "server: unavailable (unknown request type)",
+            _route.Unavailable("unsupported", "unknown request type 'embed'").to_map(),
+        ),
+        vector(
+            "server: error after the head",
+            _route.RouteError("worker_failed", "the inference worker exited").to_map(),
+        ),
+        vector("server: table", table.to_map(), **version_check(table)),
+        vector("server: table (no hosts)", empty.to_map(), **version_check(empty)),
+        vector("server: unchanged", _route.TableUnchanged(table.version).to_map()),
+    ]
+
+
 BUILDERS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "auth.json": auth_vectors,
     "gossip.json": gossip_vectors,
+    "route.json": route_vectors,
 }
 
 

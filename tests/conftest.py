@@ -32,6 +32,38 @@ def model_path(model_home: Path) -> Path:
     return ModelStore(model_home).ensure_default().path
 
 
+# A Hermes-style chat template with tools, for a copy of the default model.
+TEMPLATE = """{%- if tools %}<|im_start|>system
+You may call these tools:
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}Call one as <tool_call>{"name": ..., "arguments": {...}}</tool_call>.<|im_end|>
+{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}
+{{ m['content'] or '' }}<|im_end|>
+{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+@pytest.fixture(scope="session")
+def tool_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model with a tool-capable template: a second, different model id."""
+    out = tmp_path_factory.mktemp("tool-model") / "gemma-tools-q4_k_m.gguf"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gguf.scripts.gguf_new_metadata",
+            str(model_path),
+            str(out),
+            "--chat-template",
+            TEMPLATE,
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
 class NodeProcess:
     """A ``meshp2p node`` running as a real child process, on free loopback ports."""
 

@@ -7,8 +7,6 @@ template (gguf's own metadata tool), so the whole path runs on a real model.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,15 +16,6 @@ from conftest import NodeProcess
 
 pytestmark = pytest.mark.e2e
 
-TEMPLATE = """{%- if tools %}<|im_start|>system
-You may call these tools:
-{% for tool in tools %}{{ tool | tojson }}
-{% endfor %}Call one as <tool_call>{"name": ..., "arguments": {...}}</tool_call>.<|im_end|>
-{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}
-{{ m['content'] or '' }}<|im_end|>
-{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
-
 WEATHER = {
     "type": "function",
     "function": {
@@ -35,26 +24,6 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
-
-
-@pytest.fixture(scope="module")
-def tool_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tool-model") / "gemma-tools-q4_k_m.gguf"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gguf.scripts.gguf_new_metadata",
-            str(model_path),
-            str(out),
-            "--chat-template",
-            TEMPLATE,
-            "--force",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -13,8 +14,8 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.peer.id import ID
 
-from meshp2p import _auth, _gossip
-from meshp2p._wire import FrameDecoder, encode_frame
+from meshp2p import _auth, _gossip, _route
+from meshp2p._wire import FrameDecoder, encode_cbor, encode_frame
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
 
@@ -47,13 +48,13 @@ def decode_one(vector: dict[str, Any], max_frame: int) -> dict[str, Any]:
     return decoded
 
 
-@pytest.mark.parametrize("filename", ["auth.json", "gossip.json"])
+@pytest.mark.parametrize("filename", sorted(make_vectors.BUILDERS))
 def test_checked_in_vectors_are_what_the_generator_produces(filename: str) -> None:
     text = (PROTOCOLS / "vectors" / filename).read_text()
     assert make_vectors.render(make_vectors.BUILDERS[filename]()) == text
 
 
-@pytest.mark.parametrize("filename", ["auth.json", "gossip.json"])
+@pytest.mark.parametrize("filename", sorted(make_vectors.BUILDERS))
 def test_vector_names_are_unique(filename: str) -> None:
     assert len(set(ids(filename))) == len(ids(filename))
 
@@ -120,3 +121,45 @@ def test_gossip_vector_signatures_check(vector: dict[str, Any]) -> None:
         assert signed.signed_payload.startswith(_gossip.LEAVING_DOMAIN)
     assert signed.signed_payload == check["signed_payload"]
     assert signed.signature == check["signature"]
+
+
+def test_every_vector_file_has_a_generator() -> None:
+    on_disk = {path.name for path in (PROTOCOLS / "vectors").glob("*.json")}
+    assert on_disk == set(make_vectors.BUILDERS)
+
+
+def parse_route(vector: dict[str, Any], decoded: dict[str, Any]) -> _route.RouteMessage:
+    # Both sides have a "table" message, so a route vector's name says who sends it.
+    if vector["name"].startswith("client: "):
+        message = _route.parse_client_message(decoded)
+        assert message is not None
+        return message
+    assert vector["name"].startswith("server: ")
+    return _route.parse_server_message(decoded)
+
+
+@pytest.mark.parametrize("vector", vectors("route.json"), ids=ids("route.json"))
+def test_route_vector_decodes_and_re_encodes_byte_for_byte(vector: dict[str, Any]) -> None:
+    decoded = decode_one(vector, _route.MAX_REQUEST_FRAME)
+    message = parse_route(vector, decoded)
+    assert len(bytes.fromhex(vector["hex"])) <= _route.max_frame_of(message) + 9
+    if set(decoded) <= set(message.to_map()):
+        assert _route.encode(message).hex() == vector["hex"]
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in vectors("route.json") if "check" in v], ids=lambda v: v["name"]
+)
+def test_route_vector_table_versions_check(vector: dict[str, Any]) -> None:
+    check = make_vectors.from_json(vector["check"])
+    table = parse_route(vector, make_vectors.from_json(vector["decoded"]))
+    assert isinstance(table, _route.RoutingTable)
+    hosts_cbor = encode_cbor(make_vectors.from_json(vector["decoded"])["hosts"])
+    assert hosts_cbor == check["hosts_cbor"]
+    assert check["hashed"] == check["domain"].encode() + b"\x00" + hosts_cbor
+    assert check["hashed"].startswith(_route.TABLE_VERSION_DOMAIN)
+    # The raw computation another implementation would do.
+    digest = hashlib.sha256(check["hashed"]).digest()
+    assert digest == check["sha256"]
+    assert (int.from_bytes(digest[:8], "big") >> 11 or 1) == check["version"] == table.version
+    assert _route.table_version(table.hosts) == table.version

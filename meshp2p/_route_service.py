@@ -1,0 +1,408 @@
+"""The ``/mesh/route/1.0.0`` driver: requests between nodes, and tables for passive clients.
+
+- ``RouteServer`` answers other members' requests with this node's own workers
+  (never forwarding further: one hop), and serves the routing table.
+- ``RemoteUpstream`` sends one of our API requests to another node.
+- ``RoutingTableClient`` keeps a passive client's table fresh by asking a host
+  for it, with the version it holds, every interval: a host keeps no state per
+  client between requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import multiaddr
+import trio
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from . import _route
+from ._errors import ProtocolError
+from ._gossip import MeshView
+from ._mesh import MeshService
+from ._openai import ApiError, InferenceRequest
+from ._upstream import HostUnavailable, LocalUpstream, UpstreamBroken, UpstreamResponse
+from ._wire import FrameDecoder
+from ._worker import InferenceWorker
+
+log = logging.getLogger("meshp2p.route")
+
+ROUTE = TProtocol(_route.PROTOCOL_ID)
+_CONNECT_TIMEOUT = 5.0
+_FRAME_TIMEOUT = 120.0  # between two frames of an answer (one token can be slow; not this slow)
+_TABLE_TIMEOUT = 10.0
+_PING_INTERVAL = 1.0
+_PING_FAILURES = 2
+
+
+class _HostSilent(Exception):
+    """The host stopped answering pings while we waited for its answer."""
+
+
+def _transport_addr(addr: str) -> multiaddr.Multiaddr:
+    return multiaddr.Multiaddr(addr.split("/p2p/")[0])
+
+
+def table_from_view(view: MeshView) -> _route.RoutingTable:
+    """The routing table a host hands to passive clients: every node serving a model.
+
+    In-flight counts are left at 0: they would change the table's version (a digest
+    of its content) with every request, and each client counts its own anyway.
+    """
+    return _route.make_table(
+        _route.HostEntry(p.id, tuple(p.addrs), tuple(p.models_served), 0)
+        for p in view
+        if p.models_served
+    )
+
+
+async def _read_message(
+    stream: INetStream, decoder: FrameDecoder, pending: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The next decoded frame from ``stream`` (None at end of stream)."""
+    while not pending:
+        data = await stream.read(65536)
+        if not data:
+            return None
+        pending.extend(decoder.feed(data))
+    return pending.pop(0)
+
+
+class RouteServer:
+    """Serves ``/mesh/route`` to members: our workers' answers, and routing tables."""
+
+    def __init__(
+        self,
+        mesh: MeshService,
+        workers: Callable[[], Sequence[InferenceWorker]],
+        http: httpx.AsyncClient,
+    ) -> None:
+        self.mesh = mesh
+        self.workers = workers
+        self.http = http
+        self.served = 0
+
+    def register(self) -> None:
+        self.mesh.host.set_stream_handler(ROUTE, self.mesh.members_only(self.handle))
+
+    async def handle(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        exchange = _route.RouteServerExchange()
+        decoder = FrameDecoder(exchange.max_frame)
+        try:
+            with trio.fail_after(_CONNECT_TIMEOUT):
+                raw = await _read_message(stream, decoder, [])
+            if raw is None:
+                exchange.end_of_stream()
+                return
+            message = exchange.receive(raw)
+        except (ProtocolError, trio.TooSlowError) as exc:
+            log.warning("bad route request from %s: %s", peer, exc)
+            await _reset(stream)
+            return
+        except Exception as exc:  # stream errors
+            log.info("route stream from %s failed: %r", peer, exc)
+            return
+        try:
+            if isinstance(message, _route.TableRequest):
+                table = table_from_view(self.mesh.view())
+                await stream.write(exchange.send(_route.answer_table(table, message.since)))
+            elif isinstance(message, _route.RouteRequest):
+                await self._request(stream, exchange, message)
+            else:
+                await stream.write(exchange.send(message))  # the exchange's own refusal
+        except Exception as exc:
+            log.info("route answer to %s ended: %r", peer, exc)
+            await _reset(stream)
+            return
+        await _close(stream)
+
+    async def _request(
+        self,
+        stream: INetStream,
+        exchange: _route.RouteServerExchange,
+        request: _route.RouteRequest,
+    ) -> None:
+        async def send(message: _route.ServerMessage) -> None:
+            await stream.write(exchange.send(message))
+
+        try:
+            body = json.loads(request.body)
+            inference = InferenceRequest(
+                endpoint=request.endpoint,  # type: ignore[arg-type]
+                model=str(body["model"]),
+                stream=bool(body.get("stream")),
+                include_usage=bool(body.get("include_usage")),
+                params=dict(body["params"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            await send(_route.Unavailable("unsupported", f"unreadable request: {exc}"))
+            return
+        worker = next((w for w in self.workers() if w.model_id == inference.model), None)
+        if worker is None:
+            await send(_route.Unavailable("not_served", f"{inference.model!r} is not served here"))
+            return
+        if inference.params.get("tools") and not worker.info.get("tools_supported"):
+            error = ApiError(
+                400,
+                "'tools' is not supported: the model's chat template has no tool support",
+                param="tools",
+                code="unsupported",
+            )
+            await send(_route.ResponseHead(400, {"content-type": "application/json"}))
+            for piece in _route.split_body(json.dumps(error.body()).encode()):
+                await send(piece)
+            await send(_route.ResponseEnd())
+            return
+        upstream = LocalUpstream(worker, self.http, self.mesh.node_id)
+        async with trio.open_nursery() as nursery:
+            # A reset from the requester (its client left) cancels the generation.
+            nursery.start_soon(_watch_reset, stream, nursery.cancel_scope)
+            try:
+                async with upstream.open(inference) as response:
+                    self.served += 1
+                    await send(_route.ResponseHead(response.status, dict(response.headers)))
+                    try:
+                        async for chunk in response.body:
+                            for piece in _route.split_body(chunk):
+                                await send(piece)
+                    except UpstreamBroken as exc:
+                        await send(_route.RouteError("worker_failed", str(exc)[:1000]))
+                    else:
+                        await send(_route.ResponseEnd())
+            except HostUnavailable as exc:
+                code = "busy" if exc.code == "busy" else "worker_down"
+                await send(_route.Unavailable(code, exc.message[:1000]))
+            nursery.cancel_scope.cancel()
+
+
+class RemoteUpstream:
+    """One of our API requests answered by another node over ``/mesh/route``."""
+
+    def __init__(
+        self,
+        mesh: MeshService,
+        node_id: str,
+        addrs: Callable[[str], Sequence[str]],
+        first_byte_timeout: float,
+    ) -> None:
+        self.mesh = mesh
+        self.node_id = node_id
+        self.addrs = addrs
+        self.first_byte_timeout = first_byte_timeout
+
+    @asynccontextmanager
+    async def open(self, request: InferenceRequest) -> AsyncIterator[UpstreamResponse]:
+        peer = ID.from_base58(self.node_id)
+        exchange = _route.RouteClientExchange(
+            _route.RouteRequest(secrets.token_hex(8), request.endpoint, request.to_worker_json())
+        )
+        decoder = FrameDecoder(exchange.max_frame)
+        pending: list[dict[str, Any]] = []
+        stream: INetStream | None = None
+        try:
+            try:
+                with trio.fail_after(_CONNECT_TIMEOUT):
+                    addrs = [_transport_addr(a) for a in self.addrs(self.node_id)]
+                    if not await self.mesh.connect(peer, addrs):
+                        raise HostUnavailable(f"node {self.node_id} is unreachable", "unreachable")
+                    stream = await self.mesh.host.new_stream(peer, [ROUTE])
+                    await stream.write(exchange.start())
+                with trio.fail_after(self.first_byte_timeout):
+                    head = await self._head(stream, exchange, decoder, pending)
+            except HostUnavailable:
+                raise
+            except Exception as exc:  # stream errors, timeouts, protocol errors
+                raise HostUnavailable(
+                    f"node {self.node_id} failed before answering ({exc!r})", "host_failed"
+                ) from None
+            yield UpstreamResponse(
+                head.status,
+                list(head.headers.items()),
+                self._body(stream, exchange, decoder, pending),
+                self.node_id,
+            )
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    # An unfinished answer: reset, so the host stops generating.
+                    done = exchange.state is _route.ClientState.DONE
+                    await (_close(stream) if done else _reset(stream))
+
+    async def _head(
+        self,
+        stream: INetStream,
+        exchange: _route.RouteClientExchange,
+        decoder: FrameDecoder,
+        pending: list[dict[str, Any]],
+    ) -> _route.ResponseHead:
+        while True:
+            raw = await self._next_while_alive(stream, decoder, pending)
+            if raw is None:
+                exchange.end_of_stream()
+                raise HostUnavailable(f"node {self.node_id} closed the request", "closed")
+            message = exchange.receive(raw)
+            if isinstance(message, _route.Unavailable):
+                raise HostUnavailable(f"node {self.node_id}: {message.message}", message.code)
+            if isinstance(message, _route.ResponseHead):
+                return message
+
+    async def _body(
+        self,
+        stream: INetStream,
+        exchange: _route.RouteClientExchange,
+        decoder: FrameDecoder,
+        pending: list[dict[str, Any]],
+    ) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                with trio.fail_after(_FRAME_TIMEOUT):
+                    raw = await self._next_while_alive(stream, decoder, pending)
+                if raw is None:
+                    exchange.end_of_stream()
+                    raise UpstreamBroken(f"node {self.node_id} stopped mid-answer")
+                message = exchange.receive(raw)
+                if isinstance(message, _route.ResponseData):
+                    yield message.data
+                elif isinstance(message, _route.ResponseEnd):
+                    return
+                elif isinstance(message, _route.RouteError):
+                    raise UpstreamBroken(f"node {self.node_id}: {message.message}")
+        except UpstreamBroken:
+            raise
+        except Exception as exc:
+            raise UpstreamBroken(f"node {self.node_id} failed mid-answer ({exc!r})") from None
+
+    async def _next_while_alive(
+        self, stream: INetStream, decoder: FrameDecoder, pending: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The next frame; _HostSilent if the host stops answering pings meanwhile.
+
+        A killed host's QUIC connection gives no sign until its idle timeout; pings
+        notice within a few seconds, so the client hears of it promptly.
+        """
+        if pending:
+            return pending.pop(0)
+        silent = False
+        result: dict[str, Any] | None = None
+
+        async def watchdog(scope: trio.CancelScope) -> None:
+            nonlocal silent
+            peer = ID.from_base58(self.node_id)
+            failures = 0
+            while failures < _PING_FAILURES:
+                await trio.sleep(_PING_INTERVAL)
+                failures = 0 if await self.mesh.ping(peer, _PING_INTERVAL) else failures + 1
+            silent = True
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watchdog, nursery.cancel_scope)
+            result = await _read_message(stream, decoder, pending)
+            nursery.cancel_scope.cancel()
+        if silent:
+            raise _HostSilent(f"node {self.node_id} stopped answering")
+        return result
+
+
+class RoutingTableClient:
+    """A passive client's view of who serves what, refreshed from a host."""
+
+    def __init__(self, mesh: MeshService, interval: float) -> None:
+        self.mesh = mesh
+        self.interval = interval
+        self.table = _route.RoutingTable(0, ())
+        self.source: str | None = None
+        self._refresh = trio.Event()
+
+    def refresh_soon(self) -> None:
+        self._refresh.set()
+
+    def addrs(self, node_id: str) -> Sequence[str]:
+        for host in self.table.hosts:
+            if host.node_id == node_id:
+                return host.addrs
+        return ()
+
+    def _sources(self) -> list[tuple[ID, list[multiaddr.Multiaddr]]]:
+        """Hosts to ask: the one that answered last, then bootstrap peers, then the table's."""
+        out: list[tuple[ID, list[multiaddr.Multiaddr]]] = []
+        for addr in self.mesh.bootstrap:
+            out.append((ID.from_base58(addr.rsplit("/p2p/", 1)[1]), [_transport_addr(addr)]))
+        for host in self.table.hosts:
+            out.append((ID.from_base58(host.node_id), [_transport_addr(a) for a in host.addrs]))
+        if self.source is not None:
+            out.sort(key=lambda s: s[0].to_base58() != self.source)
+        return out
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            for peer, addrs in self._sources():
+                if await self._fetch(peer, addrs):
+                    self.source = peer.to_base58()
+                    break
+            with trio.move_on_after(self.interval):
+                await self._refresh.wait()
+            self._refresh = trio.Event()
+
+    async def _fetch(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> bool:
+        exchange = _route.RouteClientExchange(_route.TableRequest(self.table.version))
+        try:
+            with trio.fail_after(_TABLE_TIMEOUT):
+                if not await self.mesh.connect(peer, addrs):
+                    return False
+                stream = await self.mesh.host.new_stream(peer, [ROUTE])
+                try:
+                    await stream.write(exchange.start())
+                    raw = await _read_message(stream, FrameDecoder(exchange.max_frame), [])
+                    if raw is None:
+                        exchange.end_of_stream()
+                    else:
+                        exchange.receive(raw)
+                finally:
+                    await _close(stream)
+        except Exception as exc:
+            log.info("routing table from %s failed: %r", peer, exc)
+            return False
+        if exchange.table is not None:
+            if exchange.table.version != self.table.version:
+                log.info(
+                    "routing table %d: %d hosts", exchange.table.version, len(exchange.table.hosts)
+                )
+            self.table = exchange.table
+        return exchange.state is _route.ClientState.DONE
+
+
+async def _close(stream: INetStream) -> None:
+    with trio.move_on_after(2.0):
+        try:
+            await stream.close()
+        except Exception:
+            pass
+
+
+async def _reset(stream: INetStream) -> None:
+    with trio.move_on_after(2.0):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+async def _watch_reset(stream: INetStream, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` if the requester resets the stream (its own client went away)."""
+    try:
+        while await stream.read(1024):
+            pass  # nothing more is expected from the requester; ignore it
+    except Exception:
+        scope.cancel()
+        return

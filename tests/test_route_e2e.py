@@ -1,0 +1,140 @@
+"""Integration: every node answers for every model of the mesh, passive clients, failover."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import NodeProcess, wait_until
+
+pytestmark = pytest.mark.e2e
+
+DEFAULT = "gemma-3-270m-Q4_K_M"
+TOOLS = "gemma-tools-Q4_K_M"
+FAST = ["--heartbeat-interval", "1", "--dead-after", "4"]
+
+
+def invite(node: NodeProcess) -> str:
+    return node.wait_for_line("invite: ").split(" ", 1)[1]
+
+
+def node_id(node: NodeProcess) -> str:
+    return node.wait_for_line("meshp2p ").split()[-1]
+
+
+def listed_models(node: NodeProcess) -> dict[str, list[str]]:
+    data = httpx.get(node.api_url + "/models", timeout=10).json()["data"]
+    return {m["id"]: m["meshp2p"]["nodes"] for m in data}
+
+
+def stream_times(client: openai.OpenAI, model: str) -> tuple[list[float], str]:
+    started = time.monotonic()
+    times: list[float] = []
+    text = ""
+    for chunk in client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Count slowly from one to twenty."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            times.append(time.monotonic() - started)
+            text += chunk.choices[0].delta.content
+    return times, text
+
+
+def test_client_reaches_every_model_and_fails_over(
+    start_node: object, model_path: Path, tool_model: Path
+) -> None:
+    start = start_node  # type: ignore[assignment]
+    a: NodeProcess = start(["--model", str(model_path), *FAST]).wait_ready()
+    token = invite(a)
+    b: NodeProcess = start(["--join", token, "--model", str(tool_model), *FAST]).wait_ready()
+    d: NodeProcess = start(["--join", token, "--model", str(model_path), *FAST]).wait_ready()
+    c: NodeProcess = start(["--join", token, "--client", *FAST]).wait_started()
+    hosts = {node_id(a): a, node_id(d): d}
+
+    # The client lists both models, with who serves them, from its routing table.
+    wait_until(
+        lambda: set(listed_models(c)) == {DEFAULT, TOOLS} and len(listed_models(c)[DEFAULT]) == 2,
+        20,
+        "the client to learn both models",
+    )
+    assert listed_models(c)[TOOLS] == [node_id(b)]
+    # A full node answers for models it does not serve too.
+    wait_until(lambda: TOOLS in listed_models(a), 10, "A to list B's model")
+
+    client = openai.OpenAI(base_url=c.api_url, api_key="x", max_retries=0, timeout=60)
+    for model in (DEFAULT, TOOLS):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+        )
+        assert reply.model == model
+        assert reply.choices[0].message.content
+        times, text = stream_times(client, model)
+        assert text
+        # Relayed as generated: the first piece arrives well before the last.
+        assert len(times) > 5
+        assert times[-1] - times[0] > 0.1
+        assert times[0] < times[-1] / 2
+
+    # Clients take no part in gossip: no host lists C as a peer.
+    assert node_id(c) not in {p["id"] for p in a.status()["peers"]}
+
+    # Kill the host of a streamed answer mid-stream: an error event, promptly.
+    body = {
+        "model": DEFAULT,
+        "messages": [{"role": "user", "content": "Write a long story about the sea."}],
+        "max_tokens": 2000,
+        "stream": True,
+    }
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", c.api_url + "/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            serving = response.headers["x-meshp2p-node"]
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            hosts[serving].kill()
+            killed = time.monotonic()
+            events = [line for line in lines if line.startswith("data: ")]
+            waited = time.monotonic() - killed
+    assert waited < 15, f"the stream hung for {waited:.1f} s after its host died"
+    assert "error" in json.loads(events[-1][len("data: ") :])
+
+    # The other host of the model takes every request from now on.
+    survivor = next(n for n in hosts if n != serving)
+    for i in range(20):
+        reply = client.chat.completions.create(
+            model=DEFAULT,
+            messages=[{"role": "user", "content": f"Number {i}?"}],
+            max_tokens=4,
+        )
+        assert reply.choices[0].message.content is not None
+    wait_until(
+        lambda: listed_models(c)[DEFAULT] == [survivor],
+        20,
+        "the client's table to drop the dead host",
+    )
+
+
+def test_model_whose_only_host_died_is_503_then_404_for_unknown(
+    start_node: object, model_path: Path, tool_model: Path
+) -> None:
+    start = start_node  # type: ignore[assignment]
+    a: NodeProcess = start(["--model", str(model_path), *FAST]).wait_ready()
+    b: NodeProcess = start(["--join", invite(a), "--model", str(tool_model), *FAST]).wait_ready()
+    wait_until(lambda: TOOLS in listed_models(a), 10, "A to list B's model")
+    b.kill()
+    wait_until(lambda: TOOLS not in listed_models(a), 15, "A to drop the dead host")
+    client = openai.OpenAI(base_url=a.api_url, api_key="x", max_retries=0, timeout=30)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model=TOOLS, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 503
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert DEFAULT in str(missing.value)
