@@ -9,7 +9,8 @@ LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
 # Arguments for `make run`, e.g. make run ARGS="--model path/to/model.gguf"
 ARGS ?=
 
-.PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence clean
+.PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
+	bench-route clean
 
 install: $(STAMP)
 
@@ -50,13 +51,16 @@ test: check pytest
 
 # Benchmarks print ratios against a baseline measured in the same run and
 # write their numbers to docs/benchmarks/, which docs/performance.md quotes.
-bench: bench-gateway bench-convergence
+bench: bench-gateway bench-route bench-convergence
 
 bench-gateway: install
 	$(PY) tests/bench/bench_gateway.py
 
 bench-convergence: install
 	$(PY) tests/bench/bench_convergence.py
+
+bench-route: install
+	$(PY) tests/bench/bench_route.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
