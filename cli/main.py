@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="join as a passive client: API only, no model, no gossip (needs --join)",
     )
     node.add_argument(
+        "--no-prefix-affinity",
+        dest="prefix_affinity",
+        action="store_false",
+        help="do not send requests with the same prompt start to the same host",
+    )
+    node.add_argument(
         "--listen",
         action="append",
         default=[],
@@ -215,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             max_queue=args.max_queue,
             join=args.join,
             client=args.client,
+            prefix_affinity=args.prefix_affinity,
             heartbeat_interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             listen=tuple(args.listen) or DEFAULT_LISTEN,

@@ -85,6 +85,8 @@ class NodeConfig:
     dead_after: float = 15.0
     #: A passive client: API only, no model, no gossip; needs ``join``.
     client: bool = False
+    #: Send requests whose prompts start the same to the same host (KV cache reuse).
+    prefix_affinity: bool = True
 
     def __post_init__(self) -> None:
         for name in ("api_port", "console_port"):
@@ -309,6 +311,7 @@ class Node:
             ),
             self.http,
             on_host_failure=lambda _node_id: self.table.refresh_soon() if self.table else None,
+            prefix_affinity=cfg.prefix_affinity,
         )
         gateway = Gateway(self.router, node_id=self.node_id, max_body=cfg.max_body)
         try:

@@ -38,7 +38,9 @@ log = logging.getLogger("meshp2p.route")
 ROUTE = TProtocol(_route.PROTOCOL_ID)
 _CONNECT_TIMEOUT = 5.0
 _FRAME_TIMEOUT = 120.0  # between two frames of an answer (one token can be slow; not this slow)
-_TABLE_TIMEOUT = 10.0
+# A live host answers a table request in milliseconds; a dead one would hold us up.
+_TABLE_TIMEOUT = 3.0
+_SOURCE_PENALTY = 30.0
 _PING_INTERVAL = 1.0
 _PING_FAILURES = 2
 
@@ -321,6 +323,7 @@ class RoutingTableClient:
         self.interval = interval
         self.table = _route.RoutingTable(0, ())
         self.source: str | None = None
+        self._failed: dict[str, float] = {}
         self._refresh = trio.Event()
 
     def refresh_soon(self) -> None:
@@ -333,15 +336,20 @@ class RoutingTableClient:
         return ()
 
     def _sources(self) -> list[tuple[ID, list[multiaddr.Multiaddr]]]:
-        """Hosts to ask: the one that answered last, then bootstrap peers, then the table's."""
-        out: list[tuple[ID, list[multiaddr.Multiaddr]]] = []
+        """Hosts to ask for the table: the one that answered last first, then the
+        bootstrap peers, then the table's hosts; those that failed lately last."""
+        addrs: dict[str, list[multiaddr.Multiaddr]] = {}
         for addr in self.mesh.bootstrap:
-            out.append((ID.from_base58(addr.rsplit("/p2p/", 1)[1]), [_transport_addr(addr)]))
+            addrs.setdefault(addr.rsplit("/p2p/", 1)[1], []).append(_transport_addr(addr))
         for host in self.table.hosts:
-            out.append((ID.from_base58(host.node_id), [_transport_addr(a) for a in host.addrs]))
-        if self.source is not None:
-            out.sort(key=lambda s: s[0].to_base58() != self.source)
-        return out
+            addrs.setdefault(host.node_id, []).extend(_transport_addr(a) for a in host.addrs)
+        now = trio.current_time()
+
+        def rank(node: str) -> tuple[bool, bool]:
+            failed = now - self._failed.get(node, -1e9) < _SOURCE_PENALTY
+            return failed, node != self.source
+
+        return [(ID.from_base58(node), addrs[node]) for node in sorted(addrs, key=rank)]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -350,6 +358,9 @@ class RoutingTableClient:
                 if await self._fetch(peer, addrs):
                     self.source = peer.to_base58()
                     break
+                self._failed[peer.to_base58()] = trio.current_time()
+                if self.source == peer.to_base58():
+                    self.source = None
             with trio.move_on_after(self.interval):
                 await self._refresh.wait()
             self._refresh = trio.Event()

@@ -46,6 +46,7 @@ class RequestRouter:
         remote: RemoteFactory,
         http: httpx.AsyncClient,
         on_host_failure: Callable[[str], None] = lambda _node_id: None,
+        prefix_affinity: bool = True,
     ) -> None:
         self.node_id = node_id
         self.workers = workers
@@ -53,6 +54,7 @@ class RequestRouter:
         self.remote = remote
         self.http = http
         self.on_host_failure = on_host_failure
+        self.prefix_affinity = prefix_affinity
         self.inflight: Counter[str] = Counter()
         self._last_served: dict[str, float] = {}
         self._penalties: dict[str, tuple[float, float]] = {}  # node -> (until, length)
@@ -146,7 +148,7 @@ class RequestRouter:
                 code="model_unavailable",
                 headers={"retry-after": "5"},
             )
-        ordered = order_hosts(candidates, affinity)
+        ordered = order_hosts(candidates, affinity if self.prefix_affinity else None)
         several = len(ordered) > 1
         upstreams: list[Upstream] = []
         for candidate in ordered:

@@ -4,10 +4,10 @@ The rule (``order_hosts``):
 
 1. Fewest requests in flight first (as counted by the node doing the routing),
    then lowest round-trip time; this node itself counts as RTT 0.
-2. Prompt-prefix affinity: requests whose prompts start the same (same system
-   prompt and first user turn, or same first 512 characters of a completion
-   prompt) go to the same host, chosen by rendezvous hashing, so llama.cpp can
-   reuse that host's KV cache for the shared prefix. Affinity yields when its
+2. Prompt-prefix affinity: requests whose prompts start the same (the same
+   first 512 characters of the conversation or completion prompt) go to the
+   same host, chosen by rendezvous hashing, so llama.cpp can reuse that host's
+   KV cache for the shared prefix. Affinity yields when its
    host has more than ``AFFINITY_SLACK`` requests in flight above the least
    busy one: a warm cache is worth a short wait, not a long queue.
 
@@ -49,15 +49,21 @@ class Candidate:
 
 
 def affinity_key(endpoint: str, params: Mapping[str, Any]) -> bytes | None:
-    """The part of a request that decides which host's cache it would reuse."""
+    """What decides which host's cache a request would reuse: how its prompt starts.
+
+    For chat, the first 512 characters of the conversation up to its first user
+    turn: a long shared system prompt fills them alone, so every request with it
+    goes to the same host; with a short one the first user turn joins in, so
+    each conversation keeps to one host turn after turn. For completions, the
+    first 512 characters of the prompt.
+    """
     if endpoint == "chat":
-        messages = params.get("messages") or []
-        head: list[Any] = []
-        for message in messages:
-            head.append([message.get("role"), message.get("content")])
+        parts = []
+        for message in params.get("messages") or []:
+            parts.append(f"{message.get('role')}\x1f{message.get('content') or ''}\x1e")
             if message.get("role") == "user":
                 break
-        text = json.dumps(head, sort_keys=True, ensure_ascii=False)[:_PREFIX_CHARS]
+        text = "".join(parts)[:_PREFIX_CHARS]
     else:
         prompt = params.get("prompt")
         if isinstance(prompt, str):

@@ -176,8 +176,17 @@ class NodeProcess:
             self.proc.wait(timeout=10)
 
 
-def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``predicate`` until true; used only for state that has no event to wait on."""
+def wait_until(
+    predicate: object,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    describe: object = None,
+) -> None:
+    """Poll ``predicate`` until true; used only for state that has no event to wait on.
+
+    ``describe`` (a callable) says what the state was when it timed out.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -186,7 +195,13 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
         except (httpx.HTTPError, KeyError):
             pass
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    detail = ""
+    if describe is not None:
+        try:
+            detail = f"\n{describe()}"  # type: ignore[operator]
+        except Exception as exc:
+            detail = f"\n(describing the state failed: {exc!r})"
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
 
 
 @pytest.fixture
