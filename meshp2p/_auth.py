@@ -187,7 +187,7 @@ class _Handshake:
         local_peer_id: bytes,
         remote_peer_id: bytes,
         nonce: NonceSource,
-        seen_nonces: SeenNonces | None,
+        seen_nonces: SeenNonces | None = None,
     ) -> None:
         if len(secret) != SECRET_LEN:
             raise ValueError(f"the mesh secret must be {SECRET_LEN} bytes, got {len(secret)}")
@@ -232,25 +232,6 @@ class _Handshake:
 
 class AuthInitiator(_Handshake):
     """The side that opened the stream: sends Hello, checks Challenge, sends Proof."""
-
-    def __init__(
-        self,
-        *,
-        secret: bytes,
-        mesh_id: str,
-        local_peer_id: bytes,
-        remote_peer_id: bytes,
-        nonce: NonceSource,
-        seen_nonces: SeenNonces | None = None,
-    ) -> None:
-        super().__init__(
-            secret=secret,
-            mesh_id=mesh_id,
-            local_peer_id=local_peer_id,
-            remote_peer_id=remote_peer_id,
-            nonce=nonce,
-            seen_nonces=seen_nonces,
-        )
 
     def start(self) -> Hello:
         if self.state is not AuthState.IDLE:
@@ -303,25 +284,8 @@ class AuthInitiator(_Handshake):
 class AuthResponder(_Handshake):
     """The side that accepted the stream: checks Hello, sends Challenge, checks Proof."""
 
-    def __init__(
-        self,
-        *,
-        secret: bytes,
-        mesh_id: str,
-        local_peer_id: bytes,
-        remote_peer_id: bytes,
-        nonce: NonceSource,
-        seen_nonces: SeenNonces | None = None,
-    ) -> None:
-        super().__init__(
-            secret=secret,
-            mesh_id=mesh_id,
-            local_peer_id=local_peer_id,
-            remote_peer_id=remote_peer_id,
-            nonce=nonce,
-            seen_nonces=seen_nonces,
-        )
-        self._nonce_i: bytes | None = None
+    # The initiator's nonce, once its Hello arrived.
+    _nonce_i: bytes | None = None
 
     def receive(self, msg: Mapping[str, Any] | AuthMessage) -> AuthMessage | None:
         """Handle one message from the initiator; return the reply to send, if any.

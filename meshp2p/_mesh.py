@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import multiaddr
 import trio
@@ -33,6 +33,7 @@ from ._errors import ConfigError, ProtocolError
 from ._gossip import Announce, Announcement, Dead, Digest, Leaving, MeshState, MeshView, Want
 from ._invite import InviteToken, MeshCredentials
 from ._kad import MeshKad, on_disk_key, served_key
+from ._streams import close_quietly
 from ._wire import FrameDecoder, encode_frame
 
 log = logging.getLogger("meshp2p.mesh")
@@ -52,6 +53,9 @@ _LINK_BUFFER = 256
 _REDIAL_AFTER = 2.0
 _REJECTIONS_KEPT = 32
 _LEAVE_GRACE = 2.0
+
+
+_Side = TypeVar("_Side", _auth.AuthInitiator, _auth.AuthResponder)
 
 
 @dataclass(frozen=True)
@@ -313,22 +317,26 @@ class MeshService:
             self._link_up(peer)
         return ok
 
+    def _handshake(self, side: type[_Side], peer: ID) -> _Side:
+        """A fresh handshake with ``peer``: our secret, both peer ids, a new nonce."""
+        return side(
+            secret=self.credentials.secret,
+            mesh_id=self.credentials.mesh_id,
+            local_peer_id=self.peer_id.to_bytes(),
+            remote_peer_id=peer.to_bytes(),
+            nonce=secrets.token_bytes(_auth.NONCE_LEN),
+        )
+
     async def _authenticate(self, peer: ID) -> bool:
         """Run the handshake as initiator; True if the peer proved the secret."""
         with trio.fail_after(_AUTH_TIMEOUT):
             stream = await self.host.new_stream(peer, [AUTH])
-            handshake = _auth.AuthInitiator(
-                secret=self.credentials.secret,
-                mesh_id=self.credentials.mesh_id,
-                local_peer_id=self.peer_id.to_bytes(),
-                remote_peer_id=peer.to_bytes(),
-                nonce=secrets.token_bytes(_auth.NONCE_LEN),
-            )
+            handshake = self._handshake(_auth.AuthInitiator, peer)
             try:
                 await stream.write(encode_frame(handshake.start().to_map()))
                 await _drive(stream, handshake, _auth.MAX_FRAME)
             finally:
-                await _close_quietly(stream)
+                await close_quietly(stream)
         if not handshake.peer_verified:
             log.warning("mesh handshake with %s failed: %s", peer, handshake.reason)
             self._reject(peer, f"handshake failed: {handshake.reason}")
@@ -338,20 +346,14 @@ class MeshService:
     async def _handle_auth(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
         async with self._handshakes:
-            handshake = _auth.AuthResponder(
-                secret=self.credentials.secret,
-                mesh_id=self.credentials.mesh_id,
-                local_peer_id=self.peer_id.to_bytes(),
-                remote_peer_id=peer.to_bytes(),
-                nonce=secrets.token_bytes(_auth.NONCE_LEN),
-            )
+            handshake = self._handshake(_auth.AuthResponder, peer)
             try:
                 with trio.fail_after(_AUTH_TIMEOUT):
                     await _drive(stream, handshake, _auth.MAX_FRAME)
             except Exception as exc:
                 log.info("mesh handshake from %s broke off: %r", peer, exc)
             finally:
-                await _close_quietly(stream)
+                await close_quietly(stream)
         if handshake.peer_verified:
             self._admit(peer)
         else:
@@ -520,7 +522,7 @@ class MeshService:
             self._drop_link(link)
             if link.stream is not None:
                 with trio.CancelScope(shield=True):
-                    await _close_quietly(link.stream)
+                    await close_quietly(link.stream)
             link.done.set()
 
     async def _handle_gossip(self, stream: INetStream) -> None:
@@ -543,7 +545,7 @@ class MeshService:
         except Exception as exc:  # StreamEOF, StreamReset, connection loss
             log.debug("gossip stream from %s ended: %r", peer, exc)
         finally:
-            await _close_quietly(stream)
+            await close_quietly(stream)
 
     def _on_message(self, sender: ID, raw: Mapping[str, Any]) -> None:
         now = trio.current_time()
@@ -649,22 +651,6 @@ async def _drive(
                 await stream.write(encode_frame(reply.to_map()))
             if handshake.state in (_auth.AuthState.DONE, _auth.AuthState.FAILED):
                 return
-
-
-async def _close_quietly(stream: INetStream) -> None:
-    with trio.move_on_after(2.0):
-        try:
-            await stream.close()
-        except Exception:
-            pass
-
-
-async def _write_quietly(stream: INetStream, frame: bytes) -> None:
-    try:
-        await stream.write(frame)
-        await stream.close()
-    except Exception:
-        pass
 
 
 def _dialable_addrs(host: IHost, node_id: str) -> list[str]:

@@ -29,6 +29,7 @@ from ._errors import ProtocolError
 from ._gossip import MeshView
 from ._mesh import MeshService
 from ._openai import ApiError, InferenceRequest
+from ._streams import close_quietly, read_message, reset_quietly
 from ._upstream import HostUnavailable, LocalUpstream, UpstreamBroken, UpstreamResponse
 from ._wire import FrameDecoder
 from ._worker import InferenceWorker
@@ -66,18 +67,6 @@ def table_from_view(view: MeshView) -> _route.RoutingTable:
     )
 
 
-async def _read_message(
-    stream: INetStream, decoder: FrameDecoder, pending: list[dict[str, Any]]
-) -> dict[str, Any] | None:
-    """The next decoded frame from ``stream`` (None at end of stream)."""
-    while not pending:
-        data = await stream.read(65536)
-        if not data:
-            return None
-        pending.extend(decoder.feed(data))
-    return pending.pop(0)
-
-
 class RouteServer:
     """Serves ``/mesh/route`` to members: our workers' answers, and routing tables."""
 
@@ -101,14 +90,14 @@ class RouteServer:
         decoder = FrameDecoder(exchange.max_frame)
         try:
             with trio.fail_after(_CONNECT_TIMEOUT):
-                raw = await _read_message(stream, decoder, [])
+                raw = await read_message(stream, decoder, [])
             if raw is None:
                 exchange.end_of_stream()
                 return
             message = exchange.receive(raw)
         except (ProtocolError, trio.TooSlowError) as exc:
             log.warning("bad route request from %s: %s", peer, exc)
-            await _reset(stream)
+            await reset_quietly(stream)
             return
         except Exception as exc:  # stream errors
             log.info("route stream from %s failed: %r", peer, exc)
@@ -123,9 +112,9 @@ class RouteServer:
                 await stream.write(exchange.send(message))  # the exchange's own refusal
         except Exception as exc:
             log.info("route answer to %s ended: %r", peer, exc)
-            await _reset(stream)
+            await reset_quietly(stream)
             return
-        await _close(stream)
+        await close_quietly(stream)
 
     async def _request(
         self,
@@ -237,7 +226,7 @@ class RemoteUpstream:
                 with trio.CancelScope(shield=True):
                     # An unfinished answer: reset, so the host stops generating.
                     done = exchange.state is _route.ClientState.DONE
-                    await (_close(stream) if done else _reset(stream))
+                    await (close_quietly(stream) if done else reset_quietly(stream))
 
     async def _head(
         self,
@@ -308,7 +297,7 @@ class RemoteUpstream:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watchdog, nursery.cancel_scope)
-            result = await _read_message(stream, decoder, pending)
+            result = await read_message(stream, decoder, pending)
             nursery.cancel_scope.cancel()
         if silent:
             raise _HostSilent(f"node {self.node_id} stopped answering")
@@ -374,13 +363,13 @@ class RoutingTableClient:
                 stream = await self.mesh.host.new_stream(peer, [ROUTE])
                 try:
                     await stream.write(exchange.start())
-                    raw = await _read_message(stream, FrameDecoder(exchange.max_frame), [])
+                    raw = await read_message(stream, FrameDecoder(exchange.max_frame), [])
                     if raw is None:
                         exchange.end_of_stream()
                     else:
                         exchange.receive(raw)
                 finally:
-                    await _close(stream)
+                    await close_quietly(stream)
         except Exception as exc:
             log.info("routing table from %s failed: %r", peer, exc)
             return False
@@ -391,22 +380,6 @@ class RoutingTableClient:
                 )
             self.table = exchange.table
         return exchange.state is _route.ClientState.DONE
-
-
-async def _close(stream: INetStream) -> None:
-    with trio.move_on_after(2.0):
-        try:
-            await stream.close()
-        except Exception:
-            pass
-
-
-async def _reset(stream: INetStream) -> None:
-    with trio.move_on_after(2.0):
-        try:
-            await stream.reset()
-        except Exception:
-            pass
 
 
 async def _watch_reset(stream: INetStream, scope: trio.CancelScope) -> None:

@@ -17,11 +17,7 @@ other.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _bench import machine, stop_all, write_result  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
 from meshp2p._models import DEFAULT_MODEL, ModelStore  # noqa: E402
@@ -125,25 +122,19 @@ def main() -> int:
                 results[name] = {"ttft_ms": statistics.median(times), "hosts_used": served}
                 print(f"{name:18} ttft median {statistics.median(times):8.1f} ms  hosts {served}")
         finally:
-            for node in nodes:
-                try:
-                    node.stop()
-                except subprocess.TimeoutExpired:
-                    node.kill()
+            stop_all(nodes)
     on = float(results["with_affinity"]["ttft_ms"])  # type: ignore[arg-type]
     off = float(results["without_affinity"]["ttft_ms"])  # type: ignore[arg-type]
     result = {
         "benchmark": "affinity",
         "model": DEFAULT_MODEL,
         "rounds": args.rounds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine(),
         **results,
         "speedup": off / on,
     }
     print(f"time to first token without / with affinity: {off / on:.1f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    write_result(args.out, result)
     return 0
 
 

@@ -11,10 +11,6 @@ others, and the gossip frames and bytes all nodes sent meanwhile. Results go to
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _bench import machine, stop_all, write_result  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
 from meshp2p._models import ModelStore  # noqa: E402
@@ -88,22 +85,16 @@ def main() -> int:
                 rows.append(row)
                 print(f"{n:>3} {elapsed:>11.2f} {row['frames']:>8} {row['bytes']:>9}")
         finally:
-            for node in nodes:
-                try:
-                    node.stop()
-                except subprocess.TimeoutExpired:
-                    node.kill()
+            stop_all(nodes)
     result = {
         "benchmark": "convergence",
         "note": "time from the Nth node's process start (Python start-up included) until "
         "all N nodes list each other; gossip frames and bytes sent by all nodes meanwhile",
         "heartbeat_interval_s": args.heartbeat,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine(),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    write_result(args.out, result)
     return 0
 
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _bench import machine, print_comparison, stop_all, write_result  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
 from meshp2p._models import DEFAULT_MODEL, ModelStore  # noqa: E402
@@ -161,10 +159,7 @@ def main() -> int:
                         )
                         direct.append(direct_run(llama, prompt, args.max_tokens, bias))
         finally:
-            try:
-                node.stop()
-            except subprocess.TimeoutExpired:
-                node.kill()
+            stop_all([node])
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
@@ -175,7 +170,7 @@ def main() -> int:
         "threads": 1,
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine(),
         "ttft_rounds": args.ttft_rounds,
         "direct": {"ttft_ms": statistics.median(ttft_direct), "tok_s": med(direct, "tok_s")},
         "gateway": {"ttft_ms": statistics.median(ttft_gateway), "tok_s": med(gateway, "tok_s")},
@@ -185,21 +180,14 @@ def main() -> int:
     result["targets"] = {"tok_s_ratio": ">= 0.97", "ttft_overhead_ms": "<= 15"}
     result["pass"] = result["tok_s_ratio"] >= 0.97 and result["ttft_overhead_ms"] <= 15
 
-    print(
-        f"{'path':10} {'ttft ms':>9} {'tok/s':>8}   (medians: ttft of {args.ttft_rounds} short "
-        f"prompts, tok/s of {args.rounds} x {args.max_tokens} tokens; 1 thread)"
+    print_comparison(
+        result,
+        ("direct", "gateway"),
+        ratio_target=0.97,
+        latency_key="ttft_overhead_ms",
+        latency_target=15,
     )
-    for name in ("direct", "gateway"):
-        row = result[name]
-        print(f"{name:10} {row['ttft_ms']:9.1f} {row['tok_s']:8.1f}")
-    print(
-        f"tok_s_ratio={result['tok_s_ratio']:.3f} (target >= 0.97)  "
-        f"ttft_overhead_ms={result['ttft_overhead_ms']:.1f} (target <= 15)  "
-        f"{'PASS' if result['pass'] else 'MISS'}"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    write_result(args.out, result)
     return 0
 
 

@@ -14,11 +14,7 @@ Targets (issue 4): tokens/s ratio >= 0.95; added time to first token <= 20 ms.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "bench"))
 
+from _bench import machine, print_comparison, stop_all, write_result  # noqa: E402
 from bench_gateway import PROMPTS, WORDS, gateway_run  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
@@ -100,11 +97,7 @@ def main() -> int:
                     for run in pair if i % 2 == 0 else reversed(pair):
                         run()
         finally:
-            for node in nodes:
-                try:
-                    node.stop()
-                except subprocess.TimeoutExpired:
-                    node.kill()
+            stop_all(nodes)
 
     result = {
         "benchmark": "route",
@@ -113,7 +106,7 @@ def main() -> int:
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
         "ttft_rounds": args.ttft_rounds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine(),
         "direct": {
             "ttft_ms": statistics.median(ttft_direct),
             "tok_s": statistics.median(direct),
@@ -127,21 +120,14 @@ def main() -> int:
     result["ttft_added_ms"] = result["routed"]["ttft_ms"] - result["direct"]["ttft_ms"]
     result["targets"] = {"tok_s_ratio": ">= 0.95", "ttft_added_ms": "<= 20"}
     result["pass"] = result["tok_s_ratio"] >= 0.95 and result["ttft_added_ms"] <= 20
-    print(
-        f"{'path':10} {'ttft ms':>9} {'tok/s':>8}   (medians: ttft of {args.ttft_rounds} short "
-        f"prompts, tok/s of {args.rounds} x {args.max_tokens} tokens; 1 thread)"
+    print_comparison(
+        result,
+        ("direct", "routed"),
+        ratio_target=0.95,
+        latency_key="ttft_added_ms",
+        latency_target=20,
     )
-    for name in ("direct", "routed"):
-        row = result[name]
-        print(f"{name:10} {row['ttft_ms']:9.1f} {row['tok_s']:8.1f}")
-    print(
-        f"tok_s_ratio={result['tok_s_ratio']:.3f} (target >= 0.95)  "
-        f"ttft_added_ms={result['ttft_added_ms']:.1f} (target <= 20)  "
-        f"{'PASS' if result['pass'] else 'MISS'}"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    write_result(args.out, result)
     return 0
 
 
