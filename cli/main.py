@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--dead-after",
         type=float,
-        default=15.0,
+        default=12.0,
         metavar="SECONDS",
-        help="silence after which a peer is declared dead (default 15)",
+        help="silence after which a peer is declared dead (default 12)",
     )
 
     sub.add_parser("models", help="list the models in the store and the catalog")

@@ -53,6 +53,9 @@ _LINK_BUFFER = 256
 _REDIAL_AFTER = 2.0
 _REJECTIONS_KEPT = 32
 _LEAVE_GRACE = 2.0
+_REAP_EVERY = 1.0
+_PROBES = 2
+_PROBE_WAIT = 1.0
 
 
 _Side = TypeVar("_Side", _auth.AuthInitiator, _auth.AuthResponder)
@@ -105,7 +108,7 @@ class MeshService:
         listen: Sequence[str] = DEFAULT_LISTEN,
         bootstrap: Sequence[str] = (),
         heartbeat_interval: float = 5.0,
-        dead_after: float = 15.0,
+        dead_after: float = 12.0,
         client: bool = False,
     ) -> None:
         self.keypair = keypair
@@ -223,6 +226,7 @@ class MeshService:
                     await nursery.start(self.kad.run)
                     self._refresh_own(force=True)
                     nursery.start_soon(self._heartbeat)
+                    nursery.start_soon(self._reaper)
                 for addr in self.bootstrap:
                     nursery.start_soon(self._join_bootstrap, addr)
                 task_status.started()
@@ -419,17 +423,45 @@ class MeshService:
             for link in list(self._links.values()):
                 for frame in frames:
                     self._send(link, frame)
-            for node_id in self.state.expire(now, self.dead_after):
-                if node_id == self.node_id:
-                    continue
-                log.warning("peer %s stopped answering; declaring it dead", node_id)
-                dead = self.state.dead().get(node_id, 0)
-                self._broadcast(encode_frame(Dead(node_id, dead).to_map()))
-                self._forget(ID.from_base58(node_id))
             self._connect_to_known(now)
             if self._nursery is not None:
                 for peer in list(self.members):
                     self._nursery.start_soon(self._measure_rtt, peer)
+
+    async def _reaper(self) -> None:
+        """Bury peers silent for ``dead_after``, checked every second, not every heartbeat:
+        a death is then noticed at most a second after its deadline."""
+        while True:
+            await trio.sleep(min(_REAP_EVERY, self.heartbeat_interval))
+            self.state.mark_seen(self.node_id, trio.current_time())
+            self._bury(self.state.expire(trio.current_time(), self.dead_after))
+
+    def _bury(self, node_ids: Iterable[str]) -> None:
+        """Tell the mesh these peers are dead, and drop them here."""
+        for node_id in node_ids:
+            if node_id == self.node_id:
+                continue
+            log.warning("peer %s stopped answering; declaring it dead", node_id)
+            dead = self.state.dead().get(node_id, 0)
+            self._broadcast(encode_frame(Dead(node_id, dead).to_map()))
+            self._forget(ID.from_base58(node_id))
+
+    async def _probe(self, peer: ID) -> None:
+        """A gossip link broke: if the peer answers no ping either, it is dead now.
+
+        A killed process's TCP connection breaks at once, so this notices it in
+        about two seconds rather than after dead_after; a peer that still answers
+        just gets a new link at the next heartbeat.
+        """
+        for _ in range(_PROBES):
+            if await self.ping(peer, _PROBE_WAIT):
+                return
+        node_id = peer.to_base58()
+        held = self.state.announcement(node_id)
+        if held is not None and self.state.apply_dead(node_id, held.seq, trio.current_time()):
+            log.warning("peer %s is gone (link broken, no answer to pings)", node_id)
+            self._broadcast(encode_frame(Dead(node_id, held.seq).to_map()))
+            self._forget(peer)
 
     def _connect_to_known(self, now: float) -> None:
         """Keep a link to every live node we know of: the mesh is fully connected."""
@@ -518,6 +550,8 @@ class MeshService:
                     self.counters["bytes_sent"] += len(frame)
         except Exception as exc:
             log.info("gossip link to %s ended: %r", peer, exc)
+            if not self._leaving and self._nursery is not None and peer in self.members:
+                self._nursery.start_soon(self._probe, peer)
         finally:
             self._drop_link(link)
             if link.stream is not None:

@@ -82,7 +82,7 @@ class NodeConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     #: Seconds between gossip heartbeats, and of silence before a peer is dead.
     heartbeat_interval: float = 5.0
-    dead_after: float = 15.0
+    dead_after: float = 12.0
     #: A passive client: API only, no model, no gossip; needs ``join``.
     client: bool = False
     #: Send requests whose prompts start the same to the same host (KV cache reuse).
