@@ -44,7 +44,9 @@ def test_four_nodes_form_a_mesh_and_notice_leaving_dying_and_returning(
     a: NodeProcess = start(["--model", str(model_path), *LOOPBACK]).wait_started()
     token = invite(a)
     homes = {name: tmp_path_factory.mktemp(f"node-{name}") for name in "bcd"}
-    b, c, d = (start(["--join", token, *LOOPBACK], home=homes[n]).wait_started() for n in "bcd")
+    b, c = (start(["--join", token, *LOOPBACK], home=homes[n]).wait_started() for n in "bc")
+    # A joiner's own token lets others in too.
+    d = start(["--join", invite(b), *LOOPBACK], home=homes["d"]).wait_started()
     nodes = {"a": a, "b": b, "c": c, "d": d}
     ids = {name: node_id(node) for name, node in nodes.items()}
 
