@@ -1,8 +1,11 @@
 """A meshp2p node: the tree of services one process runs, and its configuration.
 
-``Node.run`` resolves the models, then starts, in one nursery, an inference
-worker per model, the OpenAI gateway and the management console. Cancelling
-that nursery stops everything, child processes included.
+``Node.run`` resolves the models, then starts, in one nursery, the mesh (a
+libp2p host with membership, gossip and the DHT), the route server (or, for a
+passive client, the routing-table poller), an inference worker per model, the
+OpenAI gateway and the management console. ``Node.stop`` leaves the mesh
+cleanly first; cancelling the nursery stops everything at once, child
+processes included.
 """
 
 from __future__ import annotations
