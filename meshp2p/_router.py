@@ -73,12 +73,12 @@ class RequestRouter:
         until = self._penalties.get(node_id, (0.0, 0.0))[0]
         return until > time.monotonic()
 
-    def models(self) -> dict[str, dict[str, Any]]:
+    def models(self, remote_hosts: Sequence[RemoteHost] | None = None) -> dict[str, dict[str, Any]]:
         """Every model the mesh serves: its hosts, and this node's worker state if any."""
         out: dict[str, dict[str, Any]] = {}
         for worker in self.workers():
             out[worker.model_id] = {"nodes": [self.node_id], "state": worker.state}
-        for host in self.remote_hosts():
+        for host in self.remote_hosts() if remote_hosts is None else remote_hosts:
             for model in host.models:
                 entry = out.setdefault(model, {"nodes": [], "state": "ready"})
                 entry["nodes"].append(host.node_id)
@@ -107,7 +107,8 @@ class RequestRouter:
         ApiError 404 when no node serves the model (listing those that are served),
         503 when its hosts are loading, restarting or just went away.
         """
-        known = self.models()
+        hosts = self.remote_hosts()  # one snapshot of the mesh for the whole decision
+        known = self.models(hosts)
         canonical = self._canonical(model, known)
         if canonical is None:
             seen = self._canonical(model, self._last_served)
@@ -132,7 +133,7 @@ class RequestRouter:
                     self._penalized(self.node_id),
                 )
             )
-        remotes = {h.node_id: h for h in self.remote_hosts() if canonical in h.models}
+        remotes = {h.node_id: h for h in hosts if canonical in h.models}
         candidates.extend(
             Candidate(
                 h.node_id, self.inflight[h.node_id], h.rtt_ms, False, self._penalized(h.node_id)
