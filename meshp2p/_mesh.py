@@ -83,6 +83,18 @@ class _Link:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+def transport_addrs(addrs: Iterable[str]) -> list[multiaddr.Multiaddr]:
+    """Peer addresses without their /p2p/ part, ready to dial; unreadable ones skipped
+    (they come from other nodes, so a bad one must not stop us dialling the rest)."""
+    out = []
+    for addr in addrs:
+        try:
+            out.append(multiaddr.Multiaddr(addr.split("/p2p/")[0]))
+        except Exception:
+            continue
+    return out
+
+
 def parse_listen(addrs: Iterable[str]) -> list[multiaddr.Multiaddr]:
     out = []
     for addr in addrs:
@@ -475,13 +487,7 @@ class MeshService:
                 continue
             if now - self._last_dial.get(peer, -1e9) < _REDIAL_AFTER:
                 continue
-            addrs = []
-            for a in peer_info.addrs:
-                try:
-                    addrs.append(multiaddr.Multiaddr(a.split("/p2p/")[0]))
-                except Exception:
-                    continue
-            self._nursery.start_soon(self._dial_known, peer, addrs)
+            self._nursery.start_soon(self._dial_known, peer, transport_addrs(peer_info.addrs))
 
     async def _dial_known(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         """Dial a node learned by gossip; if it announced no usable address, ask the DHT."""

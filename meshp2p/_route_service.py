@@ -27,7 +27,7 @@ from libp2p.peer.id import ID
 from . import _route
 from ._errors import ProtocolError
 from ._gossip import MeshView
-from ._mesh import MeshService
+from ._mesh import MeshService, transport_addrs
 from ._openai import ApiError, InferenceRequest
 from ._streams import close_quietly, read_message, reset_quietly
 from ._upstream import HostUnavailable, LocalUpstream, UpstreamBroken, UpstreamResponse
@@ -48,10 +48,6 @@ _PING_FAILURES = 2
 
 class _HostSilent(Exception):
     """The host stopped answering pings while we waited for its answer."""
-
-
-def _transport_addr(addr: str) -> multiaddr.Multiaddr:
-    return multiaddr.Multiaddr(addr.split("/p2p/")[0])
 
 
 def table_from_view(view: MeshView) -> _route.RoutingTable:
@@ -202,7 +198,7 @@ class RemoteUpstream:
         try:
             try:
                 with trio.fail_after(_CONNECT_TIMEOUT):
-                    addrs = [_transport_addr(a) for a in self.addrs(self.node_id)]
+                    addrs = transport_addrs(self.addrs(self.node_id))
                     if not await self.mesh.connect(peer, addrs):
                         raise HostUnavailable(f"node {self.node_id} is unreachable", "unreachable")
                     stream = await self.mesh.host.new_stream(peer, [ROUTE])
@@ -329,9 +325,9 @@ class RoutingTableClient:
         bootstrap peers, then the table's hosts; those that failed lately last."""
         addrs: dict[str, list[multiaddr.Multiaddr]] = {}
         for addr in self.mesh.bootstrap:
-            addrs.setdefault(addr.rsplit("/p2p/", 1)[1], []).append(_transport_addr(addr))
+            addrs.setdefault(addr.rsplit("/p2p/", 1)[1], []).extend(transport_addrs([addr]))
         for host in self.table.hosts:
-            addrs.setdefault(host.node_id, []).extend(_transport_addr(a) for a in host.addrs)
+            addrs.setdefault(host.node_id, []).extend(transport_addrs(host.addrs))
         now = trio.current_time()
 
         def rank(node: str) -> tuple[bool, bool]:

@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 
 from ._errors import WorkerError
-from ._llamacpp import ggml_libraries
+from ._llamacpp import ggml_libraries, rpc_endpoint_reachable
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 10.0
@@ -45,11 +45,7 @@ def free_port() -> int:
 
 
 def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
+    return rpc_endpoint_reachable(f"{HOST}:{port}", timeout=1.0)
 
 
 def start_server(port: int, cache_dir: Path | None, threads: int) -> threading.Thread | None:
