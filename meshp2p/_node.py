@@ -10,12 +10,14 @@ processes included.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from ._asgi import hypercorn_config
 from ._console import Console
 from ._errors import ConfigError, MeshError, PortInUseError
 from ._gateway import DEFAULT_MAX_BODY, Gateway
+from ._gguf import GgufLayout, read_layout
 from ._gossip import MeshView
 from ._gossip import ModelFile as AnnouncedModel
 from ._identity import load_or_create_key, peer_id
@@ -37,17 +40,29 @@ from ._invite import (
     save_credentials,
     stored_bootstrap,
 )
+from ._llamacpp import split_layers
 from ._mesh import DEFAULT_LISTEN, LocalState, MeshService
 from ._models import ModelFile, ModelStore, default_home
+from ._placement import PlacementPlan, plan_placement, tensor_split
 from ._progress import ProgressFactory
 from ._route_service import RemoteUpstream, RouteServer, RoutingTableClient
 from ._router import RemoteHost, RequestRouter
-from ._worker import InferenceWorker, WorkerSettings
+from ._tensor_service import (
+    LocalFiles,
+    TensorServer,
+    TensorTunnel,
+    WorkerUnavailable,
+    open_tunnels,
+)
+from ._worker import InferenceWorker, Launch, Unplaceable, WorkerSettings
 
 log = logging.getLogger("meshp2p.node")
 
 DEFAULT_API_PORT = 9337
 DEFAULT_CONSOLE_PORT = 3131
+#: A worker whose tunnel failed is left out of plans until it announces anew (it
+#: restarted) or this long has passed.
+WORKER_FAILURE_S = 60.0
 
 
 def _version() -> str:
@@ -125,6 +140,14 @@ class Node:
         self.table: RoutingTableClient | None = None
         self.router: RequestRouter | None = None
         self._on_disk: tuple[AnnouncedModel, ...] = ()
+        self._disk_paths: dict[str, Path] = {}
+        self.files = LocalFiles(lambda: self._disk_paths)
+        self.tensor_server: TensorServer | None = None
+        #: Per model: the last placement plan, the host's bytes in use, the live tunnels.
+        self.plans: dict[str, PlacementPlan] = {}
+        self._memory_use: dict[str, int] = {}
+        self.tunnels: dict[str, list[TensorTunnel]] = {}
+        self._failed_workers: dict[str, tuple[int, float]] = {}  # id -> (seq, at)
         self._stopping = trio.Event()
         self._started = time.time()
         self.credentials, self.bootstrap, self.new_mesh = self._mesh_membership()
@@ -189,6 +212,12 @@ class Node:
             }
             if mesh and mesh.kad
             else None,
+            "placements": [_plan_status(p) for p in self.plans.values()],
+            "split": next(
+                (_plan_status(p) for p in self.plans.values() if p.mode == "split"), None
+            ),
+            "tunnels": [t.status() for ts in self.tunnels.values() for t in ts],
+            "lending": self.tensor_server.status() if self.tensor_server else [],
         }
 
     async def providers(self, model_id: str) -> dict[str, Any]:
@@ -225,9 +254,15 @@ class Node:
     def local_state(self) -> LocalState:
         """What this node announces about itself to the mesh."""
         ready = tuple(w.model_id for w in self.workers if w.state == "ready")
-        total = self.config.max_vram or _physical_memory()
-        used = sum(w.settings.model_path.stat().st_size for w in self.workers)
-        role = "client" if self.config.client else "host" if self.workers else "standby"
+        total = self.memory_total()
+        lent = self.tensor_server.lent_bytes if self.tensor_server else 0
+        used = sum(self._memory_use.values()) + lent
+        if self.config.client:
+            role = "client"
+        elif self.workers:
+            role = "host"
+        else:
+            role = "worker" if lent else "standby"
         return LocalState(
             role=role,
             models_served=ready,
@@ -236,6 +271,10 @@ class Node:
             memory_total=total,
             request_rates={},
         )
+
+    def memory_total(self) -> int:
+        """The memory this node offers: ``--max-vram``, else what the machine has."""
+        return self.config.max_vram or _physical_memory()
 
     def resolve_models(self) -> list[ModelFile]:
         """The model files to serve; may assemble or download (blocking).
@@ -269,6 +308,8 @@ class Node:
             AnnouncedModel(m.id, m.size, m.sha256)
             for m in sorted(on_disk.values(), key=lambda m: m.id)
         )
+        self._disk_paths = {m.sha256: m.path for m in on_disk.values()}
+        layouts = [await trio.to_thread.run_sync(read_layout, f.path) for f in files]
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, len(files)))
         self.workers = [
             InferenceWorker(
@@ -280,9 +321,10 @@ class Node:
                     log_dir=cfg.home / "logs",
                     max_queue=cfg.max_queue,
                     queue_timeout=cfg.queue_timeout,
-                )
+                ),
+                placement=self._placement(f, layout),
             )
-            for f in files
+            for f, layout in zip(files, layouts, strict=True)
         ]
         # trust_env=False: a proxy from the environment must never see local traffic.
         self.http = httpx.AsyncClient(
@@ -324,6 +366,14 @@ class Node:
                     await nursery.start(self.table.run)
                 else:
                     RouteServer(mesh, lambda: self.workers, self.http).register()
+                    self.tensor_server = TensorServer(
+                        mesh,
+                        self.files,
+                        threads=cfg.threads or max(1, os.cpu_count() or 1),
+                        log_dir=cfg.home / "logs",
+                        available=lambda: not self.stopping,
+                    )
+                    await nursery.start(self.tensor_server.run)
                 for worker in self.workers:
                     await nursery.start(worker.run)
                     nursery.start_soon(self._announce_changes, worker)
@@ -345,6 +395,102 @@ class Node:
         finally:
             with trio.CancelScope(shield=True):
                 await self.http.aclose()
+
+    def _placement(self, model: ModelFile, layout: GgufLayout) -> Any:
+        """The worker's Placement: plan each start from the mesh view of that moment."""
+
+        @asynccontextmanager
+        async def place() -> AsyncIterator[Launch]:
+            self._memory_use.pop(model.id, None)
+            plan = self.plan(model, layout)
+            self.plans[model.id] = plan
+            if not plan.fits:
+                raise Unplaceable(f"{model.id} {plan.reason}")
+            if plan.mode == "solo":
+                self._memory_use[model.id] = model.size
+                yield Launch(info={"mode": "solo"})
+                return
+            async with self._split(model, layout, plan) as launch:
+                yield launch
+
+        return place
+
+    def plan(self, model: ModelFile, layout: GgufLayout) -> PlacementPlan:
+        """Where ``model`` would run now: a pure function of the mesh view and the time."""
+        view = self.view()
+        now = time.monotonic()
+        lent = self.tensor_server.lent_bytes if self.tensor_server else 0
+        others = sum(use for m, use in self._memory_use.items() if m != model.id)
+        peers = []
+        for peer in view:
+            if peer.id == self.node_id:
+                free = max(0, self.memory_total() - others - lent)
+                peer = dataclasses.replace(peer, memory_free=free)
+            else:
+                failed = self._failed_workers.get(peer.id)
+                if failed and failed[0] == peer.seq and now - failed[1] < WORKER_FAILURE_S:
+                    continue
+            peers.append(peer)
+        return plan_placement(
+            MeshView(view.mesh_id, tuple(peers)),
+            host_id=self.node_id,
+            model_id=model.id,
+            model_size=model.size,
+            model_sha256=model.sha256,
+            n_layers=layout.n_layers,
+            host_only_bytes=layout.host_only_bytes,
+        )
+
+    def _worker_failed(self, node_id: str, reason: str) -> None:
+        peer = self.mesh.view().peer(node_id) if self.mesh is not None else None
+        log.warning("leaving worker %s out of plans: %s", node_id, reason)
+        self._failed_workers[node_id] = (peer.seq if peer else -1, time.monotonic())
+
+    @asynccontextmanager
+    async def _split(
+        self, model: ModelFile, layout: GgufLayout, plan: PlacementPlan
+    ) -> AsyncIterator[Launch]:
+        """Tunnels to the plan's workers, checked before llama.cpp depends on them."""
+        assert self.mesh is not None
+        view = self.mesh.view()
+        tunnels = []
+        for w in plan.workers:
+            peer = view.peer(w.node_id)
+            share = -(-len(w.layers) * (model.size - layout.host_only_bytes) // layout.n_layers)
+            tunnels.append(
+                TensorTunnel(
+                    self.mesh,
+                    w.node_id,
+                    addrs=peer.addrs if peer else (),
+                    memory=share,
+                    layouts={model.sha256: layout},
+                    files=self.files,
+                )
+            )
+        self.tunnels[model.id] = tunnels
+        for tunnel in tunnels:
+            try:
+                await tunnel.check()
+            except WorkerUnavailable as exc:
+                self._worker_failed(exc.node_id, exc.reason)
+                raise Unplaceable(str(exc)) from None
+        split = split_layers(plan.n_layers, tensor_split(plan))
+        host_share = layout.host_only_bytes + -(
+            -len(plan.host_layers) * (model.size - layout.host_only_bytes) // layout.n_layers
+        )
+        self._memory_use[model.id] = host_share
+        async with open_tunnels(tunnels) as endpoints:
+            try:
+                yield Launch(
+                    rpc=tuple(endpoints),
+                    n_gpu_layers=split.n_gpu_layers,
+                    tensor_split=tuple(split.tensor_split or ()),
+                    info={"mode": "split", "endpoints": endpoints},
+                )
+            finally:
+                for tunnel in tunnels:
+                    if tunnel.broken is not None:
+                        self._worker_failed(tunnel.worker, tunnel.broken)
 
     def _remote_hosts(self) -> list[RemoteHost]:
         """Other nodes that serve models: from the routing table or from gossip."""
@@ -373,6 +519,29 @@ class Node:
             await worker.wait_state_change()
             if self.mesh is not None:
                 self.mesh.announce_soon()
+
+
+def _plan_status(plan: PlacementPlan) -> dict[str, Any]:
+    return {
+        "model": plan.model,
+        "host": plan.host,
+        "mode": plan.mode if plan.fits else "unavailable",
+        "host_layers": len(plan.host_layers),
+        "host_memory": plan.host_memory,
+        "required_bytes": plan.required_bytes,
+        "missing_bytes": plan.missing_bytes,
+        "reason": plan.reason,
+        "workers": [
+            {
+                "id": w.node_id,
+                "layers": len(w.layers),
+                "layer_range": [w.layers.start, w.layers.stop],
+                "memory": w.memory,
+                "rtt_ms": w.rtt_ms,
+            }
+            for w in plan.workers
+        ],
+    }
 
 
 def _physical_memory() -> int:

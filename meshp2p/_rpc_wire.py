@@ -31,6 +31,18 @@ GRAPH_COMPUTE_MIN_SIZE: Final = 12
 DEFAULT_MAX_GRAPH_BYTES: Final = 64 * 2**20
 DEFAULT_MAX_TENSOR_BYTES: Final = 2**40
 
+SET_TENSOR_GGUF: Final = 0x80
+"""The ``gguf-ref`` extension's command: a SET_TENSOR whose data is given as segments, some
+of them references to a GGUF file the worker holds. Never a llama.cpp command (servers close
+on ids >= 19), so a worker tunnel always rewrites it into a SET_TENSOR."""
+SEGMENT_RAW: Final = 0x00
+SEGMENT_REF: Final = 0x01
+MAX_RAW_SEGMENT: Final = 1 << 20
+_RAW_HEAD = struct.Struct("<BI")
+_REF_HEAD = struct.Struct("<B32sQQ")
+RAW_SEGMENT_HEADER_SIZE: Final = _RAW_HEAD.size  # 5
+REF_SEGMENT_SIZE: Final = _REF_HEAD.size  # 49
+
 
 class RpcCommand(enum.IntEnum):
     """``enum rpc_cmd``; the value is the command byte on the wire."""
@@ -223,7 +235,36 @@ class TensorUploadEnd:
     """The current upload's data is complete; the next event starts a new command."""
 
 
-RpcEvent = Hello | Request | TensorUpload | TensorData | TensorUploadEnd
+@dataclass(frozen=True)
+class FileRegion:
+    """The next ``length`` bytes of the current upload are the worker's own copy of the
+    file with SHA-256 ``sha256``, from ``offset`` (a ``gguf-ref`` REF segment)."""
+
+    sha256: bytes
+    offset: int
+    length: int
+
+
+RpcEvent = Hello | Request | TensorUpload | TensorData | TensorUploadEnd | FileRegion
+
+
+def encode_gguf_header(upload: TensorUpload) -> bytes:
+    """The start of the SET_TENSOR_GGUF that stands for ``upload``: id, size, header."""
+    return bytes((SET_TENSOR_GGUF,)) + upload.payload_length.to_bytes(8, "little") + upload.header
+
+
+def encode_raw_segment(data: bytes | memoryview) -> bytes:
+    """A RAW segment: ``data`` (1 to 1 MiB bytes) as it is."""
+    if not 1 <= len(data) <= MAX_RAW_SEGMENT:
+        raise ValueError(f"a RAW segment holds 1..{MAX_RAW_SEGMENT} bytes, not {len(data)}")
+    return _RAW_HEAD.pack(SEGMENT_RAW, len(data)) + bytes(data)
+
+
+def encode_ref_segment(sha256: bytes, offset: int, length: int) -> bytes:
+    """A REF segment: ``length`` bytes of the file ``sha256`` from ``offset``."""
+    if len(sha256) != 32 or length < 1 or offset < 0:
+        raise ValueError("a REF names a 32-byte sha256 and at least one byte")
+    return _REF_HEAD.pack(SEGMENT_REF, sha256, offset, length)
 
 
 def encode_command(command: RpcCommand, payload: bytes | memoryview = b"") -> bytes:
@@ -246,6 +287,10 @@ class _State(enum.Enum):
     PAYLOAD = enum.auto()
     UPLOAD_HEADER = enum.auto()
     UPLOAD_DATA = enum.auto()
+    SEGMENT_KIND = enum.auto()
+    RAW_LENGTH = enum.auto()
+    RAW_DATA = enum.auto()
+    REF_BODY = enum.auto()
     FAILED = enum.auto()
 
 
@@ -256,6 +301,10 @@ class RpcRequestParser:
     ``max_buffered`` bytes: upload data is never buffered (TensorData events are slices of
     the input) and a GRAPH_COMPUTE payload is refused above ``max_graph_bytes``. Malformed
     input raises ProtocolError, after which every call raises it again.
+
+    ``gguf_files`` (SHA-256 -> file size) turns on the ``gguf-ref`` extension, as a worker
+    tunnel parses it: a SET_TENSOR_GGUF gives a TensorUpload, then TensorData (RAW) and
+    FileRegion (REF, checked against ``gguf_files``) events, then TensorUploadEnd.
     """
 
     def __init__(
@@ -263,21 +312,36 @@ class RpcRequestParser:
         *,
         max_graph_bytes: int = DEFAULT_MAX_GRAPH_BYTES,
         max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+        gguf_files: dict[bytes, int] | None = None,
     ) -> None:
         if max_graph_bytes < GRAPH_COMPUTE_MIN_SIZE or max_tensor_bytes < 0:
             raise ValueError("limits too small")
         self.max_graph_bytes = max_graph_bytes
         self.max_tensor_bytes = max_tensor_bytes
+        self.gguf_files = gguf_files
+        self._by_reference = False
         self._state = _State.HELLO_HEADER
         self._need = COMMAND_HEADER_SIZE
         self._buf = bytearray()
         self._command = RpcCommand.HELLO
         self._remaining = 0
+        self._segment = 0
         self._error = ""
 
     @property
     def max_buffered(self) -> int:
         return max(self.max_graph_bytes, *REQUEST_SIZES.values(), SET_TENSOR_HEADER_SIZE)
+
+    @property
+    def in_upload(self) -> bool:
+        """True inside a SET_TENSOR or SET_TENSOR_GGUF, after its header event."""
+        return self._state in (
+            _State.UPLOAD_DATA,
+            _State.SEGMENT_KIND,
+            _State.RAW_LENGTH,
+            _State.RAW_DATA,
+            _State.REF_BODY,
+        )
 
     @property
     def buffered(self) -> int:
@@ -312,6 +376,16 @@ class RpcRequestParser:
                 events.append(TensorUploadEnd())
                 self._expect_header()
                 continue
+            if self._state is _State.RAW_DATA:
+                take = min(self._segment, len(view) - pos)
+                if take:
+                    events.append(TensorData(view[pos : pos + take]))
+                    pos += take
+                    self._segment -= take
+                if self._segment:
+                    return events
+                self._next_segment(events)
+                continue
             if not self._buf and len(view) - pos >= self._need:
                 chunk = view[pos : pos + self._need]
                 pos += self._need
@@ -335,7 +409,7 @@ class RpcRequestParser:
             else:
                 events.append(Request(self._command, bytes(chunk)))
             self._expect_header()
-        else:  # UPLOAD_HEADER
+        elif state is _State.UPLOAD_HEADER:
             cache_flag, offset = _UPLOAD_TAIL.unpack(chunk[RPC_TENSOR_SIZE:])
             events.append(
                 TensorUpload(
@@ -346,7 +420,49 @@ class RpcRequestParser:
                     header=bytes(chunk),
                 )
             )
-            self._state = _State.UPLOAD_DATA
+            if self._by_reference:
+                self._next_segment(events)
+            else:
+                self._state = _State.UPLOAD_DATA
+        elif state is _State.SEGMENT_KIND:
+            kind = chunk[0]
+            if kind == SEGMENT_RAW:
+                self._state, self._need = _State.RAW_LENGTH, RAW_SEGMENT_HEADER_SIZE - 1
+            elif kind == SEGMENT_REF:
+                self._state, self._need = _State.REF_BODY, REF_SEGMENT_SIZE - 1
+            else:
+                self._fail(f"unknown SET_TENSOR_GGUF segment kind {kind}")
+        elif state is _State.RAW_LENGTH:
+            length = int.from_bytes(chunk, "little")
+            if not 1 <= length <= min(MAX_RAW_SEGMENT, self._remaining):
+                self._fail(
+                    f"RAW segment of {length} bytes: must be 1..{MAX_RAW_SEGMENT} "
+                    f"and at most the {self._remaining} bytes the upload still needs"
+                )
+            self._remaining -= length
+            self._segment = length
+            self._state = _State.RAW_DATA
+        else:  # REF_BODY
+            _, sha, offset, length = _REF_HEAD.unpack(bytes((SEGMENT_REF,)) + bytes(chunk))
+            assert self.gguf_files is not None
+            size = self.gguf_files.get(sha)
+            if size is None:
+                self._fail(f"REF to file {sha.hex()[:16]}…, which this worker did not offer")
+            if not 1 <= length <= self._remaining or offset + length > size:
+                self._fail(
+                    f"REF of {length} bytes at {offset}: outside the file ({size} bytes) "
+                    f"or beyond the {self._remaining} bytes the upload still needs"
+                )
+            self._remaining -= length
+            events.append(FileRegion(sha, offset, length))
+            self._next_segment(events)
+
+    def _next_segment(self, events: list[RpcEvent]) -> None:
+        if self._remaining:
+            self._state, self._need = _State.SEGMENT_KIND, 1
+        else:
+            events.append(TensorUploadEnd())
+            self._expect_header()
 
     def _start_command(self, byte: int, size: int) -> None:
         if self._state is _State.HELLO_HEADER:
@@ -358,7 +474,11 @@ class RpcRequestParser:
                 )
             self._expect(RpcCommand.HELLO, size)
             return
-        if byte == RpcCommand.HELLO or byte not in RpcCommand._value2member_map_:
+        self._by_reference = False
+        if byte == SET_TENSOR_GGUF and self.gguf_files is not None:
+            self._by_reference = True
+            byte = RpcCommand.SET_TENSOR
+        elif byte == RpcCommand.HELLO or byte not in RpcCommand._value2member_map_:
             self._fail(f"unknown or repeated RPC command {byte}")
         command = RpcCommand(byte)
         fixed = REQUEST_SIZES.get(command)

@@ -44,3 +44,27 @@ async def read_message(
             return None
         pending.extend(decoder.feed(data))
     return pending.pop(0)
+
+
+async def read_some(stream: INetStream, max_bytes: int) -> bytes:
+    """Up to ``max_bytes`` from ``stream``; b"" at its end (py-libp2p raises StreamEOF
+    there, and some muxers also return b""). A reset still raises."""
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    try:
+        return await stream.read(max_bytes)
+    except StreamEOF:
+        return b""
+
+
+async def close_write(stream: INetStream) -> None:
+    """Half-close: we send no more, the peer may still answer.
+
+    ``NetStream.close`` would close both ways on QUIC; ``close_write`` is the half-close
+    on every muxer, but is not part of ``INetStream``.
+    """
+    half_close = getattr(stream, "close_write", None)
+    if half_close is not None:
+        await half_close()
+    else:
+        await stream.close()

@@ -8,15 +8,22 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import trio
 
+from ._errors import MeshError
+
 log = logging.getLogger("meshp2p.worker")
 
-WorkerState = Literal["loading", "ready", "restarting", "stopped"]
+WorkerState = Literal["loading", "ready", "restarting", "waiting", "stopped"]
+"""``waiting``: the model cannot be placed now (the mesh lacks memory); retried each second."""
+
+_REPLAN_EVERY = 1.0
 
 # Restart delays after a crash: 1, 2, 4 ... capped. A worker that stayed up
 # this long is considered healthy again and the delay starts over.
@@ -24,6 +31,38 @@ _BACKOFF_START = 1.0
 _BACKOFF_MAX = 30.0
 _HEALTHY_AFTER = 60.0
 _READY_TIMEOUT = 300.0
+
+
+class Unplaceable(MeshError):
+    """The model cannot run now; the message says why (how much memory is missing)."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the next child loads its model: solo, or split over RPC servers."""
+
+    rpc: tuple[str, ...] = ()
+    n_gpu_layers: int = 0
+    tensor_split: tuple[float, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def arguments(self) -> list[str]:
+        if not self.rpc:
+            return []
+        args = [f"--rpc={endpoint}" for endpoint in self.rpc]
+        args += ["--n-gpu-layers", str(self.n_gpu_layers)]
+        args += ["--tensor-split", ",".join(repr(x) for x in self.tensor_split)]
+        return args
+
+
+Placement = Callable[[], AbstractAsyncContextManager[Launch]]
+"""Decides each start's Launch; the context lasts as long as that child runs (a split's
+tunnels live in it). Raises Unplaceable when the model cannot run now."""
+
+
+@asynccontextmanager
+async def solo() -> AsyncIterator[Launch]:
+    yield Launch()
 
 
 @dataclass(frozen=True)
@@ -40,8 +79,10 @@ class WorkerSettings:
 class InferenceWorker:
     """Keeps one llama.cpp child serving ``settings.model_id`` for as long as it runs."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, placement: Placement = solo) -> None:
         self.settings = settings
+        self.placement = placement
+        self.launch: Launch | None = None
         self.state: WorkerState = "loading"
         self.port: int | None = None
         self.pid: int | None = None
@@ -73,6 +114,8 @@ class InferenceWorker:
         }
 
     def unavailable_reason(self) -> str:
+        if self.state == "waiting":
+            return f"model {self.model_id!r} is unavailable: {self.last_error}"
         if self.state == "loading":
             return f"model {self.model_id!r} is loading; retry shortly"
         if self.state == "restarting":
@@ -101,7 +144,22 @@ class InferenceWorker:
         try:
             while True:
                 started = trio.current_time()
-                await self._run_once()
+                try:
+                    async with self.placement() as launch:
+                        self.launch = launch
+                        if self.state != "loading":
+                            self._set_state("loading")
+                        await self._run_once(launch)
+                except Unplaceable as exc:
+                    if self.state != "waiting" or self.last_error != str(exc):
+                        log.warning("cannot start %s: %s", self.model_id, exc)
+                    self.last_error = str(exc)
+                    self.launch = None
+                    if self.state != "waiting":
+                        self._set_state("waiting")
+                    await trio.sleep(_REPLAN_EVERY)
+                    continue
+                self.launch = None
                 if trio.current_time() - started > _HEALTHY_AFTER:
                     delay = _BACKOFF_START
                 self.restarts += 1
@@ -122,7 +180,7 @@ class InferenceWorker:
             self.pid = None
             self.state = "stopped"
 
-    def _command(self) -> list[str]:
+    def _command(self, launch: Launch) -> list[str]:
         s = self.settings
         return [
             sys.executable,
@@ -140,9 +198,10 @@ class InferenceWorker:
             str(s.max_queue),
             "--queue-timeout",
             str(s.queue_timeout),
+            *launch.arguments(),
         ]
 
-    async def _run_once(self) -> None:
+    async def _run_once(self, launch: Launch) -> None:
         s = self.settings
         s.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = s.log_dir / f"worker-{s.model_id}.log"
@@ -150,7 +209,9 @@ class InferenceWorker:
             async with trio.open_nursery() as nursery:
                 # run_process terminates the child (then kills it after 5 s)
                 # when this task is cancelled, so no child outlives the node.
-                process: trio.Process = await nursery.start(_run_process, self._command(), log_file)
+                process: trio.Process = await nursery.start(
+                    _run_process, self._command(launch), log_file
+                )
                 self.pid = process.pid
                 try:
                     await self._watch(process)
@@ -194,6 +255,10 @@ async def _run_process(
 ) -> None:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # A ggml abort (a split's worker went away) would run gdb for seconds otherwise;
+    # RDMA cannot work through the mesh tunnel.
+    env.setdefault("GGML_NO_BACKTRACE", "1")
+    env.setdefault("GGML_RPC_NO_RDMA", "1")
     await trio.run_process(
         command,
         stdin=subprocess.PIPE,

@@ -285,23 +285,51 @@ async def _exit_when_parent_gone(cancel_scope: trio.CancelScope) -> None:
     cancel_scope.cancel()
 
 
-def load_model(path: str, threads: int, ctx_size: int) -> Any:
+def load_model(
+    path: str,
+    threads: int,
+    ctx_size: int,
+    rpc: list[str] | None = None,
+    n_gpu_layers: int = 0,
+    tensor_split: list[float] | None = None,
+) -> Any:
+    """Load the model solo, or split over the RPC servers ``rpc`` (host:port, in plan order).
+
+    CPU repacking is off either way: a worker's plain CPU buffers compute slightly
+    different floats than repacked ones, and a split must answer exactly as a solo run.
+    A split keeps the output layer and embeddings on this host (``split_model_params``).
+    """
+    from ._llamacpp import OUTPUT_TENSORS, register_rpc_servers, split_model_params
+
+    if rpc:
+        register_rpc_servers(rpc)  # before the model: llama.cpp aborts on a dead endpoint
     from llama_cpp import Llama
 
-    return Llama(
-        model_path=path,
-        n_ctx=ctx_size,
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_gpu_layers=-1,
-        verbose=False,
-    )
+    with split_model_params(keep_on_host=OUTPUT_TENSORS if rpc else None, cpu_repack=False):
+        return Llama(
+            model_path=path,
+            n_ctx=ctx_size,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=n_gpu_layers if rpc else -1,
+            tensor_split=tensor_split if rpc else None,
+            verbose=False,
+        )
 
 
 async def serve(args: argparse.Namespace) -> None:
     from hypercorn.trio import serve as hypercorn_serve
 
-    llama = await trio.to_thread.run_sync(load_model, args.model_path, args.threads, args.ctx_size)
+    split = [float(x) for x in args.tensor_split.split(",")] if args.tensor_split else None
+    llama = await trio.to_thread.run_sync(
+        load_model,
+        args.model_path,
+        args.threads,
+        args.ctx_size,
+        args.rpc,
+        args.n_gpu_layers,
+        split,
+    )
     engine = Engine(llama)
     app = WorkerApp(engine, args.model_id, RequestQueue(args.max_queue, args.queue_timeout))
     config = hypercorn_config("127.0.0.1", 0, "meshp2p.worker.http")
@@ -321,6 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctx-size", type=int, default=4096)
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--queue-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--rpc", action="append", default=[], help="an RPC server (host:port) holding layers"
+    )
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="with --rpc: llama.cpp's")
+    parser.add_argument("--tensor-split", default="", help="with --rpc: shares, comma-separated")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("MESHP2P_LOG_LEVEL", "WARNING"),
