@@ -15,7 +15,7 @@ server answers.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,7 +41,8 @@ from ._wire import list_field, message_type, text_field, uint_field
 PROTOCOL_ID: Final = "/mesh/rpc-tensor/1.0.0"
 VERSION: Final = 1
 MAX_FRAME: Final = 4096
-MAX_FILES: Final = 64
+MAX_FILES: Final = 32
+"""32 sha256s in hex take 2112 bytes of CBOR: a hello always fits its 4096-byte frame."""
 EXT_GGUF_REF: Final = "gguf-ref"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 REFUSAL_CODES: Final = ("not_worker", "version", "unavailable", "busy")
@@ -94,7 +95,9 @@ class Refused:
 
 def _rpc(msg: Mapping[str, Any]) -> tuple[int, int, int]:
     parts = list_field(msg, "rpc", max_len=3, where="hello: ")
-    if len(parts) != 3 or not all(isinstance(p, int) and 0 <= p < 256 for p in parts):
+    if len(parts) != 3 or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 256 for p in parts
+    ):
         raise ProtocolError("hello: rpc must be three numbers 0..255")
     return (parts[0], parts[1], parts[2])
 
@@ -311,26 +314,60 @@ class WorkerRewriter:
 
 
 _HELLO_RESPONSE_SIZE: Final = 8 + 4 + CONN_CAPS_SIZE
+MAX_HELD_RESPONSE: Final = 256 * 1024
 
 
 @dataclass
 class ResponseFilter:
-    """The server's answers, with ``conn_caps`` of its HELLO answer zeroed.
+    """The server's answers, regrouped into whole responses, HELLO's ``conn_caps`` zeroed.
 
-    The first response of every connection answers HELLO: ``size`` (28), the version
-    triple and a pad byte, then 24 bytes of ``conn_caps``. Everything after passes as is.
+    Every server message is ``| size u64 | payload |``, and the server writes the size
+    and the payload separately: forwarding each piece as it comes would cost a stream
+    frame and a wake-up of the host each. ``feed`` returns whole responses (the first
+    answers HELLO: size 28, the version triple, a pad byte, then 24 bytes of
+    ``conn_caps``, zeroed here); a response larger than 256 KiB is passed on in pieces
+    as it arrives, so memory stays bounded. ``pending`` bytes wait for the rest of
+    their response.
     """
 
-    _seen: int = 0
-    _head: bytearray = field(default_factory=bytearray)
+    _first: bool = True
+    _held: bytearray = field(default_factory=bytearray)
+    _left: int = 0
+    """Payload bytes of the current response not yet seen (0: at a size field)."""
+    _streaming: bool = False
 
-    def feed(self, data: bytes | memoryview) -> Sequence[bytes | memoryview]:
-        if self._seen >= _HELLO_RESPONSE_SIZE:
-            return (data,)
-        take = min(len(data), _HELLO_RESPONSE_SIZE - self._seen)
-        head = bytearray(data[:take])
-        for i in range(take):
-            if self._seen + i >= 8 + 4:
-                head[i] = 0
-        self._seen += take
-        return (bytes(head), data[take:]) if take < len(data) else (bytes(head),)
+    @property
+    def pending(self) -> int:
+        return len(self._held)
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        out: list[bytes] = []
+        view = memoryview(data)
+        while len(view):
+            if self._left == 0 and not self._streaming:
+                take = min(8 - len(self._held), len(view))
+                self._held += view[:take]
+                view = view[take:]
+                if len(self._held) < 8:
+                    break
+                self._left = int.from_bytes(self._held[:8], "little")
+                if self._left == 0:
+                    out.append(bytes(self._held))
+                    self._held.clear()
+                continue
+            take = min(self._left, len(view))
+            self._held += view[:take]
+            view = view[take:]
+            self._left -= take
+            if self._first and self._left == 0 and len(self._held) == _HELLO_RESPONSE_SIZE:
+                self._held[12:] = bytes(CONN_CAPS_SIZE)
+            if self._left == 0:
+                self._first = False
+                self._streaming = False
+                out.append(bytes(self._held))
+                self._held.clear()
+            elif len(self._held) >= MAX_HELD_RESPONSE and not self._first:
+                self._streaming = True
+                out.append(bytes(self._held))
+                self._held.clear()
+        return out

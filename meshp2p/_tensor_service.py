@@ -289,9 +289,9 @@ class TensorServer:
                 if not data:
                     return
                 self.counters["bytes_sent"] += len(data)
-                for chunk in answers.feed(data):
-                    if len(chunk):
-                        await stream.write(bytes(chunk))
+                whole = answers.feed(data)
+                if whole:
+                    await stream.write(b"".join(whole))
 
         try:
             async with tcp, trio.open_nursery() as nursery:

@@ -21,7 +21,18 @@ if str(ROOT) not in sys.path:
 from libp2p.crypto.ed25519 import Ed25519PrivateKey  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
 
-from meshp2p import _auth, _gossip, _route  # noqa: E402
+from meshp2p import _auth, _gossip, _route, _tensor  # noqa: E402
+from meshp2p._gguf import TensorInfo  # noqa: E402
+from meshp2p._rpc_wire import (  # noqa: E402
+    CONN_CAPS_SIZE,
+    SEGMENT_RAW,
+    SEGMENT_REF,
+    SET_TENSOR_GGUF,
+    RpcCommand,
+    RpcTensor,
+    encode_command,
+    encode_set_tensor,
+)
 from meshp2p._wire import FrameDecoder, encode_cbor, encode_frame  # noqa: E402
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
@@ -300,10 +311,185 @@ def route_vectors() -> list[dict[str, Any]]:
     ]
 
 
+# rpc-tensor: a synthetic 128-byte "GGUF file" whose bytes 32..127 hold two tensors. Not a
+# real GGUF (only the tensors' byte ranges matter to the extension); its SHA-256 is the
+# one the hellos name.
+TENSOR_FILE = b"".join(
+    hashlib.sha256(b"meshp2p rpc-tensor vector file %d" % i).digest() for i in range(4)
+)
+TENSOR_FILE_LAYOUT = (
+    TensorInfo("blk.0.attn_q.weight", 0, (16,), 32, 64),
+    TensorInfo("blk.0.attn_k.weight", 0, (8,), 96, 32),
+)
+RPC_HELLO = encode_command(RpcCommand.HELLO, bytes(CONN_CAPS_SIZE))
+
+
+def rpc_tensor_json(t: RpcTensor) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "type": t.type,
+        "buffer": t.buffer,
+        "ne": list(t.ne),
+        "nb": list(t.nb),
+        "op": t.op,
+        "op_params": list(t.op_params),
+        "flags": t.flags,
+        "src": list(t.src),
+        "view_src": t.view_src,
+        "view_offs": t.view_offs,
+        "data": t.data,
+        "name": t.name,
+        "use_count": t.use_count,
+    }
+
+
+def rpc_vector(name: str, wire: bytes, decoded: dict[str, Any], **check: Any) -> dict[str, Any]:
+    """A vector of llama.cpp RPC bytes (not a frame): ``hex`` is one whole command."""
+    out: dict[str, Any] = {"name": name, "hex": wire.hex(), "decoded": to_json(decoded)}
+    if check:
+        out["check"] = to_json(check)
+    return out
+
+
+def rpc_tensor_vectors() -> list[dict[str, Any]]:
+    # Names start with the sender: "host: " and "worker: " are hello frames, "rpc: " is one
+    # llama.cpp RPC command as it appears after the hellos (host -> worker direction).
+    worker = ID.from_pubkey(key(SEED_B).get_public_key()).to_base58()
+    sha = hashlib.sha256(TENSOR_FILE).digest()
+    other = hashlib.sha256(b"a file the worker does not hold").hexdigest()
+    full = _tensor.HostHello(
+        worker=worker,
+        files=(sha.hex(), other),
+        ext=(_tensor.EXT_GGUF_REF,),
+        memory=536_870_912,
+    )
+    answer = _tensor.answer_hello(full, node_id=worker, files=[sha.hex()])
+    assert isinstance(answer, _tensor.WorkerHello) and answer.ext
+
+    q = TENSOR_FILE_LAYOUT[0]
+    weight = RpcTensor(
+        id=0x5555_0000_0001,
+        type=q.ggml_type,
+        buffer=0x5555_0000_2000,
+        ne=(16, 1, 1, 1),
+        nb=(4, 64, 64, 64),
+        op=0,
+        op_params=(0,) * 16,
+        flags=0,
+        src=(0,) * 10,
+        view_src=0,
+        view_offs=0,
+        data=0x7F00_0000_1000,
+        name=q.name,
+        use_count=0,
+    )
+    # The whole tensor, as in the file; then bytes 16..63 of it, whose first and last 8
+    # bytes differ from the file (the host compares in 8-byte pieces here).
+    whole = TENSOR_FILE[q.offset : q.offset + q.n_bytes]
+    part_offset = 16
+    part = b"\xff" * 8 + TENSOR_FILE[q.offset + 24 : q.offset + 56] + b"\xee" * 8
+    assert part[:8] != TENSOR_FILE[q.offset + 16 : q.offset + 24]
+    assert part[-8:] != TENSOR_FILE[q.offset + 56 : q.offset + 64]
+
+    def upload(command: int, data_length: int, offset: int) -> dict[str, Any]:
+        return {
+            "cmd": command,
+            "size": 305 + data_length,
+            "tensor": rpc_tensor_json(weight),
+            "cache_flag": 0,
+            "offset": offset,
+        }
+
+    def raw(data: bytes) -> dict[str, Any]:
+        return {"kind": SEGMENT_RAW, "data": data}
+
+    def ref(file_offset: int, length: int) -> dict[str, Any]:
+        return {"kind": SEGMENT_REF, "sha256": sha, "file_offset": file_offset, "length": length}
+
+    def gguf(segments: list[dict[str, Any]]) -> bytes:
+        out = b""
+        for s in segments:
+            if s["kind"] == SEGMENT_RAW:
+                out += bytes((SEGMENT_RAW,)) + len(s["data"]).to_bytes(4, "little") + s["data"]
+            else:
+                out += (
+                    bytes((SEGMENT_REF,))
+                    + s["sha256"]
+                    + s["file_offset"].to_bytes(8, "little")
+                    + s["length"].to_bytes(8, "little")
+                )
+        return out
+
+    def file_check(expands_to: str, host_piece: int) -> dict[str, Any]:
+        return {
+            "file": TENSOR_FILE,
+            "file_sha256": sha,
+            "tensors": [
+                {"name": t.name, "offset": t.offset, "n_bytes": t.n_bytes}
+                for t in TENSOR_FILE_LAYOUT
+            ],
+            "expands_to": expands_to,
+            "host_piece": host_piece,
+        }
+
+    plain_whole = encode_set_tensor(weight, 0, whole)
+    plain_part = encode_set_tensor(weight, part_offset, part)
+    whole_segments = [ref(q.offset, q.n_bytes)]
+    part_segments = [raw(part[:8]), ref(q.offset + 24, 32), raw(part[-8:])]
+
+    def by_reference(plain: bytes, segments: list[dict[str, Any]]) -> bytes:
+        return bytes((SET_TENSOR_GGUF,)) + plain[1 : 9 + 305] + gguf(segments)
+
+    set_whole = "rpc: SET_TENSOR (a whole tensor, equal to the file)"
+    set_part = "rpc: SET_TENSOR (part of a tensor, first and last 8 bytes differ from the file)"
+    return [
+        vector("host: hello (no files, no extension)", _tensor.HostHello(worker=worker).to_map()),
+        vector("host: hello (files, gguf-ref, memory)", full.to_map()),
+        vector(
+            "host: hello with an unknown key (ignored by v1 workers)",
+            {**full.to_map(), "priority": 3},
+        ),
+        vector("worker: hello (holds one of the files, accepts gguf-ref)", answer.to_map()),
+        vector("worker: hello (holds none of the files)", _tensor.WorkerHello().to_map()),
+        vector(
+            "worker: refused (version)",
+            _tensor.answer_hello(
+                _tensor.HostHello(worker=worker, rpc=(8, 0, 0)), node_id=worker, files=()
+            ).to_map(),
+        ),
+        vector(
+            "worker: refused (not_worker)",
+            _tensor.answer_hello(
+                _tensor.HostHello(worker="12D3KooWSomeoneElse"), node_id=worker, files=()
+            ).to_map(),
+        ),
+        rpc_vector(
+            "rpc: HELLO (conn_caps zeroed by the host tunnel)",
+            RPC_HELLO,
+            {"cmd": RpcCommand.HELLO.value, "size": CONN_CAPS_SIZE, "conn_caps": bytes(24)},
+        ),
+        rpc_vector(set_whole, plain_whole, {**upload(6, len(whole), 0), "data": whole}),
+        rpc_vector(
+            "rpc: SET_TENSOR_GGUF (the same upload as one REF)",
+            by_reference(plain_whole, whole_segments),
+            {**upload(SET_TENSOR_GGUF, len(whole), 0), "segments": whole_segments},
+            **file_check(set_whole, 8),
+        ),
+        rpc_vector(set_part, plain_part, {**upload(6, len(part), part_offset), "data": part}),
+        rpc_vector(
+            "rpc: SET_TENSOR_GGUF (the same upload as RAW, REF, RAW)",
+            by_reference(plain_part, part_segments),
+            {**upload(SET_TENSOR_GGUF, len(part), part_offset), "segments": part_segments},
+            **file_check(set_part, 8),
+        ),
+    ]
+
+
 BUILDERS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "auth.json": auth_vectors,
     "gossip.json": gossip_vectors,
     "route.json": route_vectors,
+    "rpc-tensor.json": rpc_tensor_vectors,
 }
 
 
