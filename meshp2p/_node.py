@@ -485,7 +485,12 @@ class Node:
                     rpc=tuple(endpoints),
                     n_gpu_layers=split.n_gpu_layers,
                     tensor_split=tuple(split.tensor_split or ()),
-                    info={"mode": "split", "endpoints": endpoints},
+                    info={
+                        "mode": "split",
+                        "endpoints": endpoints,
+                        "n_gpu_layers": split.n_gpu_layers,
+                        "tensor_split": split.tensor_split,
+                    },
                 )
             finally:
                 for tunnel in tunnels:

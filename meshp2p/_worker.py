@@ -110,6 +110,8 @@ class InferenceWorker:
             "restarts": self.restarts,
             "last_error": self.last_error,
             "n_ctx": self.info.get("n_ctx"),
+            "load_s": self.info.get("load_s"),
+            "launch": self.launch.info if self.launch else None,
             "tools_supported": self.info.get("tools_supported", False),
         }
 

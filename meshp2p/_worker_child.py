@@ -321,6 +321,7 @@ async def serve(args: argparse.Namespace) -> None:
     from hypercorn.trio import serve as hypercorn_serve
 
     split = [float(x) for x in args.tensor_split.split(",")] if args.tensor_split else None
+    started = time.monotonic()
     llama = await trio.to_thread.run_sync(
         load_model,
         args.model_path,
@@ -336,7 +337,8 @@ async def serve(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(hypercorn_serve, app, config)
         port = int(binds[0].rsplit(":", 1)[1])
-        ready = {"event": "ready", "port": port, **app.info()}
+        load_s = round(time.monotonic() - started, 3)
+        ready = {"event": "ready", "port": port, "load_s": load_s, **app.info()}
         print(json.dumps(ready), flush=True)
         nursery.start_soon(_exit_when_parent_gone, nursery.cancel_scope)
 

@@ -302,7 +302,9 @@ def test_rpc_triple_of_booleans_is_a_protocol_error(rpc: list[Any]) -> None:
 
 
 def test_a_hello_with_the_most_files_allowed_fits_in_a_frame() -> None:
-    hello = HostHello(NODE, files=tuple(hashlib.sha256(bytes([i])).hexdigest() for i in range(MAX_FILES)))
+    hello = HostHello(
+        NODE, files=tuple(hashlib.sha256(bytes([i])).hexdigest() for i in range(MAX_FILES))
+    )
     assert frame_round_trip(hello.to_map()) == hello.to_map()
 
 
