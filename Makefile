@@ -10,7 +10,7 @@ LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
 ARGS ?=
 
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
-	bench-route bench-affinity bench-transport clean
+	bench-route bench-affinity bench-transport bench-split clean
 
 install: $(STAMP)
 
@@ -51,7 +51,7 @@ test: check pytest
 
 # Benchmarks print ratios against a baseline measured in the same run and
 # write their numbers to docs/benchmarks/, which docs/performance.md quotes.
-bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport
+bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-split
 
 bench-gateway: install
 	$(PY) tests/bench/bench_gateway.py
@@ -67,6 +67,9 @@ bench-affinity: install
 
 bench-transport: install
 	$(PY) tests/bench/bench_transport.py
+
+bench-split: install
+	$(PY) tests/bench/bench_split.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -135,6 +135,9 @@ def test_malformed_invite_is_a_one_line_error(start_node: object) -> None:
     assert not any("Traceback" in line for line in node.stderr_lines)
 
 
+MESH_PROTOCOLS = ("/mesh/gossip/1.0.0", "/mesh/route/1.0.0", "/mesh/rpc-tensor/1.0.0")
+
+
 async def test_non_member_gets_no_mesh_stream(
     tmp_path_factory: pytest.TempPathFactory, model_path: Path
 ) -> None:
@@ -151,14 +154,21 @@ async def test_non_member_gets_no_mesh_stream(
             target = next(a for a in token.bootstrap if "/tcp/" in a)
             info = info_from_p2p_addr(multiaddr.Multiaddr(target))
             await outsider.connect(info)
-            for protocol in ("/mesh/gossip/1.0.0",):
+            # Every /mesh/* protocol, opened together: each waits out the same grace.
+            streams = []
+            for protocol in MESH_PROTOCOLS:
                 stream = await outsider.new_stream(info.peer_id, [TProtocol(protocol)])
                 await stream.write(b"\x01\xa0")
+                streams.append(stream)
+            for stream in streams:
                 with trio.fail_after(15), pytest.raises(StreamError):
                     while True:
                         if not await stream.read(1024):
                             raise StreamError("closed without serving")
-        rejected = await trio.to_thread.run_sync(lambda: node.status()["rejected"])
-        assert any("stream before proving mesh membership" in r["reason"] for r in rejected)
+        status = await trio.to_thread.run_sync(node.status)
+        refused = [r["reason"] for r in status["rejected"]]
+        for protocol in MESH_PROTOCOLS:
+            assert f"{protocol} stream before proving mesh membership" in refused
+        assert status["lending"] == []  # no llama.cpp RPC server was started for it
     finally:
         await trio.to_thread.run_sync(node.stop)
