@@ -225,6 +225,11 @@ class Engine:
         vocab = llama._model.vocab
         seed = req.seed if req.seed is not None else random.getrandbits(32)
         llama.set_seed(seed)
+        if req.seed is not None:
+            # A prompt evaluated in one batch and one resumed from the cache give
+            # logits that differ in the last bits, which sampling at temperature > 0
+            # can turn into another text: with a seed, evaluate the whole prompt.
+            llama.reset()
 
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         text = ""  # everything generated so far

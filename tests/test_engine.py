@@ -293,3 +293,14 @@ def test_echo_is_part_of_the_finished_text_like_llama_cpp_python(engine: Engine)
     _, deltas, finish = run(engine, "completion", greedy(prompt, max_tokens=3, echo=True))
     assert "".join(d.text for d in deltas) == finish.text
     assert finish.text == reference["choices"][0]["text"]
+
+
+def test_a_seed_gives_the_same_text_whatever_the_cache_holds(engine: Engine) -> None:
+    params = {"prompt": "A story:", "max_tokens": 12, "temperature": 1.0, "seed": 42}
+    texts = []
+    for _ in range(3):  # the first evaluates the prompt; the next could resume from the cache
+        prepared = engine.prepare("completion", params)
+        *_, finish = engine.generate(prepared, threading.Event())
+        assert isinstance(finish, Finish)
+        texts.append(finish.text)
+    assert len(set(texts)) == 1, texts
