@@ -10,7 +10,7 @@ LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
 ARGS ?=
 
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
-	bench-route bench-affinity bench-transport bench-split clean
+	bench-route bench-affinity bench-transport bench-split interop interop-install clean
 
 install: $(STAMP)
 
@@ -49,6 +49,22 @@ pytest: install
 
 test: check pytest
 
+# The js-libp2p interop peer: Node 22 and js-libp2p from npm (versions pinned by
+# interop/package-lock.json), redis-server from Debian packages into interop/.deps.
+INTEROP_STAMP := interop/node_modules/.meshp2p-installed
+
+interop-install: $(INTEROP_STAMP)
+
+$(INTEROP_STAMP): interop/package.json interop/package-lock.json interop/redis.py
+	@command -v npm >/dev/null || { echo "make interop needs npm to install the js-libp2p \
+		peer (Debian: apt-get install npm); it is not skipped" >&2; exit 1; }
+	cd interop && npm ci --no-audit --no-fund --loglevel=error
+	$(PYTHON) interop/redis.py --install
+	@touch $@
+
+interop: install interop-install
+	$(PY) interop/run.py
+
 # Benchmarks print ratios against a baseline measured in the same run and
 # write their numbers to docs/benchmarks/, which docs/performance.md quotes.
 bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-split
@@ -72,4 +88,4 @@ bench-split: install
 	$(PY) tests/bench/bench_split.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache interop/node_modules interop/.deps
