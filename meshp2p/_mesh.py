@@ -24,6 +24,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import PingService
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -83,16 +84,39 @@ class _Link:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+def transport_rank(addr: str) -> int:
+    """Dial preference: QUIC (the design's transport), then TCP, then anything else."""
+    if "/quic" in addr:
+        return 0
+    return 1 if "/tcp/" in addr else 2
+
+
 def transport_addrs(addrs: Iterable[str]) -> list[multiaddr.Multiaddr]:
-    """Peer addresses without their /p2p/ part, ready to dial; unreadable ones skipped
-    (they come from other nodes, so a bad one must not stop us dialling the rest)."""
+    """Peer addresses without their /p2p/ part, ready to dial, in dial preference order
+    (``transport_rank``, then as given); unreadable ones skipped (they come from other
+    nodes, so a bad one must not stop us dialling the rest)."""
     out = []
-    for addr in addrs:
+    for addr in sorted(addrs, key=transport_rank):
         try:
             out.append(multiaddr.Multiaddr(addr.split("/p2p/")[0]))
         except Exception:
             continue
     return out
+
+
+def mesh_host(keypair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
+    """A py-libp2p host as a node builds it (QUIC and/or TCP, as ``listen`` says).
+
+    One connection per peer: py-libp2p's dialer waits 250 ms after each address
+    ("happy eyeballs") unless a success reaches this limit, and with several
+    connections it spreads streams over QUIC and TCP by chance. With one, a dial
+    takes the first address (dial ``transport_addrs`` order) that answers, at once.
+    """
+    return new_host(
+        key_pair=keypair,
+        listen_addrs=list(listen),
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
 
 
 def parse_listen(addrs: Iterable[str]) -> list[multiaddr.Multiaddr]:
@@ -224,7 +248,7 @@ class MeshService:
     # -- lifecycle ------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        host = new_host(key_pair=self.keypair, listen_addrs=self.listen)
+        host = mesh_host(self.keypair, self.listen)
         self._host = host
         try:
             async with host.run(listen_addrs=self.listen), trio.open_nursery() as nursery:
@@ -239,8 +263,8 @@ class MeshService:
                     self._refresh_own(force=True)
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(self._reaper)
-                for addr in self.bootstrap:
-                    nursery.start_soon(self._join_bootstrap, addr)
+                for peer, addrs in _by_peer(self.bootstrap).items():
+                    nursery.start_soon(self._join_bootstrap, peer, addrs)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -296,19 +320,14 @@ class MeshService:
         if link is not None:
             link.send.close()
 
-    async def _join_bootstrap(self, addr: str) -> None:
-        """Dial a bootstrap address until it admits us (the peer may start later)."""
-        try:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-        except Exception:
-            log.warning("ignoring bootstrap address %s: not a /p2p/ multiaddr", addr)
-            return
-        if info.peer_id == self.peer_id:
+    async def _join_bootstrap(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        """Dial a bootstrap peer until it admits us (it may start later)."""
+        if peer == self.peer_id:
             return
         delay = 1.0
-        while info.peer_id not in self.members:
-            await self._dial(info)
-            if info.peer_id in self.members:
+        while peer not in self.members:
+            await self._dial(Libp2pPeerInfo(peer, addrs))
+            if peer in self.members:
                 return
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -693,8 +712,22 @@ async def _drive(
                 return
 
 
+def _by_peer(addrs: Iterable[str]) -> dict[ID, list[multiaddr.Multiaddr]]:
+    """Bootstrap addresses grouped by peer, each group in dial preference order."""
+    grouped: dict[ID, list[str]] = {}
+    for addr in addrs:
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception:
+            log.warning("ignoring bootstrap address %s: not a /p2p/ multiaddr", addr)
+            continue
+        grouped.setdefault(info.peer_id, []).append(addr)
+    return {peer: transport_addrs(group) for peer, group in grouped.items()}
+
+
 def _dialable_addrs(host: IHost, node_id: str) -> list[str]:
-    """Our listen addresses as others can dial them, each ending in /p2p/<id>.
+    """Our listen addresses as others can dial them, each ending in /p2p/<id>, in dial
+    preference order (so invite tokens list QUIC first).
 
     A wildcard listen address (0.0.0.0) is replaced by this machine's addresses.
     """
@@ -708,7 +741,7 @@ def _dialable_addrs(host: IHost, node_id: str) -> list[str]:
             out.extend(f"/ip4/{ip}/{rest}" for ip in _local_ipv4())
         else:
             out.append(text)
-    return list(dict.fromkeys(out))
+    return sorted(dict.fromkeys(out), key=transport_rank)
 
 
 def _local_ipv4() -> list[str]:

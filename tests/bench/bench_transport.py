@@ -36,7 +36,6 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
@@ -45,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _bench import machine, write_result  # noqa: E402
+
+from meshp2p._mesh import mesh_host, transport_addrs  # noqa: E402
 
 MiB = 1 << 20
 CHUNK = 64 * 1024
@@ -57,11 +58,10 @@ NAMES = ("raw-tcp", "libp2p-tcp", "libp2p-quic", "default")
 # Longest a single bulk or concurrent transfer may take before the size is cut.
 TARGET_S = 10.0
 DEFAULT_NOTE = (
-    "default = hosts built like a node's (new_host with listen_addrs [QUIC, TCP]), the "
-    "client dialling the server's whole address list: py-libp2p dials QUIC first, waits "
-    "250 ms (happy eyeballs) and then dials TCP as well, keeps both connections and puts "
-    "each new stream on one of them (by open-stream count, then object id), so a "
-    "default stream may go over either (transport_used says which, per step)"
+    "default = hosts built like a node's (meshp2p._mesh.mesh_host, listening on QUIC and "
+    "TCP), the client dialling the server's whole address list in meshp2p's order: QUIC "
+    "first, TCP if QUIC fails; one connection per peer, so every stream of a peer goes "
+    "over the same transport (transport_used says which, per step)"
 )
 
 
@@ -197,8 +197,8 @@ def _libp2p_stream(net_stream: Any) -> Stream:
 @asynccontextmanager
 async def libp2p(name: str, listen: list[str]) -> AsyncIterator[Endpoint]:
     addrs = [multiaddr.Multiaddr(a) for a in listen]
-    server = new_host(key_pair=create_new_key_pair(), listen_addrs=addrs)
-    client = new_host(key_pair=create_new_key_pair(), listen_addrs=addrs)
+    server = mesh_host(create_new_key_pair(), addrs)
+    client = mesh_host(create_new_key_pair(), addrs)
 
     async def sink(net_stream: Any) -> None:
         await serve_sink(_libp2p_stream(net_stream))
@@ -210,7 +210,8 @@ async def libp2p(name: str, listen: list[str]) -> AsyncIterator[Endpoint]:
         server.set_stream_handler(SINK, sink)
         server.set_stream_handler(ECHO, echo)
         peer = server.get_id()
-        info = PeerInfo(peer, server.get_addrs())
+        # As a node dials a peer: its whole address list, in meshp2p's preference order.
+        info = PeerInfo(peer, transport_addrs(str(a) for a in server.get_addrs()))
 
         async def open_(mode: bytes) -> Stream:
             net_stream = await client.new_stream(peer, [SINK if mode == b"S" else ECHO])
