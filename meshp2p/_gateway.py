@@ -10,6 +10,8 @@ client that goes away cancels the generation wherever it runs.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -136,14 +138,9 @@ class Gateway:
         request = parse_request(endpoint, raw, tools_supported=self.router.tools_supported)
         model, upstreams = self.router.plan(request.model, affinity_key(endpoint, request.params))
         if model != request.model:
-            request = InferenceRequest(
-                request.endpoint,
-                model,
-                request.stream,
-                request.include_usage,
-                request.params,
-                request.ignored,
-            )
+            # The name resolved to another id: a node we forward to must see that id.
+            body = json.dumps({**json.loads(raw), "model": model}).encode()
+            request = dataclasses.replace(request, model=model, body=body)
         error: ApiError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope.cancel)

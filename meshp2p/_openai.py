@@ -74,6 +74,9 @@ class InferenceRequest:
     include_usage: bool
     params: dict[str, Any]
     ignored: tuple[str, ...] = field(default=())
+    #: The client's JSON body as received: what /mesh/route carries to another node,
+    #: which validates it again (a member is trusted no more than a local client).
+    body: bytes = field(default=b"", repr=False, compare=False)
 
     def to_worker_json(self) -> bytes:
         """The body sent to an inference worker: already validated, nothing to re-check."""
@@ -425,7 +428,7 @@ def parse_request(
         handled |= {"prompt", "max_tokens", "suffix", "echo", "logprobs"}
 
     ignored = tuple(sorted(k for k in body if k not in handled and k not in _NO_EFFECT))
-    return InferenceRequest(endpoint, model, stream, include_usage, params, ignored)
+    return InferenceRequest(endpoint, model, stream, include_usage, params, ignored, raw)
 
 
 class ResponseShaper:

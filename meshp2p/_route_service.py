@@ -28,8 +28,8 @@ from . import _route
 from ._errors import ProtocolError
 from ._gossip import MeshView
 from ._mesh import MeshService, transport_addrs
-from ._openai import ApiError, InferenceRequest
-from ._streams import close_quietly, read_message, reset_quietly
+from ._openai import ApiError, InferenceRequest, parse_request
+from ._streams import close_quietly, read_message, read_some, reset_quietly
 from ._upstream import HostUnavailable, LocalUpstream, UpstreamBroken, UpstreamResponse
 from ._wire import FrameDecoder
 from ._worker import InferenceWorker
@@ -121,34 +121,28 @@ class RouteServer:
         async def send(message: _route.ServerMessage) -> None:
             await stream.write(exchange.send(message))
 
+        # The body is the client's OpenAI JSON: validated here as a local request would be.
         try:
-            body = json.loads(request.body)
-            inference = InferenceRequest(
-                endpoint=request.endpoint,  # type: ignore[arg-type]
-                model=str(body["model"]),
-                stream=bool(body.get("stream")),
-                include_usage=bool(body.get("include_usage")),
-                params=dict(body["params"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            await send(_route.Unavailable("unsupported", f"unreadable request: {exc}"))
+            model = json.loads(request.body).get("model")
+        except (ValueError, AttributeError):
+            model = None
+        worker = next((w for w in self.workers() if w.model_id == model), None)
+        if worker is None and isinstance(model, str):
+            await send(_route.Unavailable("not_served", f"{model!r} is not served here"))
             return
-        worker = next((w for w in self.workers() if w.model_id == inference.model), None)
-        if worker is None:
-            await send(_route.Unavailable("not_served", f"{inference.model!r} is not served here"))
-            return
-        if inference.params.get("tools") and not worker.info.get("tools_supported"):
-            error = ApiError(
-                400,
-                "'tools' is not supported: the model's chat template has no tool support",
-                param="tools",
-                code="unsupported",
+        try:
+            inference = parse_request(
+                request.endpoint,  # type: ignore[arg-type]  # the exchange checked it
+                request.body,
+                tools_supported=lambda _m: bool(worker and worker.info.get("tools_supported")),
             )
-            await send(_route.ResponseHead(400, {"content-type": "application/json"}))
+        except ApiError as error:
+            await send(_route.ResponseHead(error.status, {"content-type": "application/json"}))
             for piece in _route.split_body(json.dumps(error.body()).encode()):
                 await send(piece)
             await send(_route.ResponseEnd())
             return
+        assert worker is not None  # parse_request refuses a body without a model name
         upstream = LocalUpstream(worker, self.http, self.mesh.node_id)
         async with trio.open_nursery() as nursery:
             # A reset from the requester (its client left) cancels the generation.
@@ -190,7 +184,7 @@ class RemoteUpstream:
     async def open(self, request: InferenceRequest) -> AsyncIterator[UpstreamResponse]:
         peer = ID.from_base58(self.node_id)
         exchange = _route.RouteClientExchange(
-            _route.RouteRequest(secrets.token_hex(8), request.endpoint, request.to_worker_json())
+            _route.RouteRequest(secrets.token_hex(8), request.endpoint, request.body)
         )
         decoder = FrameDecoder(exchange.max_frame)
         pending: list[dict[str, Any]] = []
@@ -381,8 +375,9 @@ class RoutingTableClient:
 async def _watch_reset(stream: INetStream, scope: trio.CancelScope) -> None:
     """Cancel ``scope`` if the requester resets the stream (its own client went away)."""
     try:
-        while await stream.read(1024):
+        while await read_some(stream, 1024):
             pass  # nothing more is expected from the requester; ignore it
     except Exception:
         scope.cancel()
         return
+    # End of stream: the requester half-closed after its request, which route.md allows.

@@ -87,6 +87,11 @@ def test_client_reaches_every_model_and_fails_over(
         assert times[-1] - times[0] > 0.1
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert sum(gap > 0.005 for gap in gaps) > len(gaps) / 2
+    # Another spelling of a model's name: the node it is forwarded to sees the real id.
+    reply = client.chat.completions.create(
+        model=DEFAULT.upper(), messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+    )
+    assert reply.model == DEFAULT
 
     # Clients take no part in gossip: no host lists C as a peer.
     assert node_id(c) not in {p["id"] for p in a.status()["peers"]}
