@@ -35,8 +35,8 @@ run: install
 	$(VENV)/bin/meshp2p node $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check meshp2p cli tests
-	$(VENV)/bin/ruff format --check meshp2p cli tests
+	$(VENV)/bin/ruff check meshp2p cli tests interop protocols
+	$(VENV)/bin/ruff format --check meshp2p cli tests interop protocols
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -47,7 +47,7 @@ pytest: install
 	@# pytest exits 5 when it collects no tests: not a failure of the build.
 	$(VENV)/bin/pytest $(PYTEST_ARGS) || test $$? -eq 5
 
-test: check pytest
+test: check pytest interop
 
 # The js-libp2p interop peer: Node 22 and js-libp2p from npm (versions pinned by
 # interop/package-lock.json), redis-server from Debian packages into interop/.deps.
@@ -55,11 +55,8 @@ INTEROP_STAMP := interop/node_modules/.meshp2p-installed
 
 interop-install: $(INTEROP_STAMP)
 
-$(INTEROP_STAMP): interop/package.json interop/package-lock.json interop/redis.py
-	@command -v npm >/dev/null || { echo "make interop needs npm to install the js-libp2p \
-		peer (Debian: apt-get install npm); it is not skipped" >&2; exit 1; }
-	cd interop && npm ci --no-audit --no-fund --loglevel=error
-	$(PYTHON) interop/redis.py --install
+$(INTEROP_STAMP): interop/package.json interop/package-lock.json interop/redis.py interop/install.sh
+	PYTHON=$(PYTHON) interop/install.sh
 	@touch $@
 
 interop: install interop-install

@@ -9,8 +9,10 @@ module then checks the node's side of each exchange through its console and API:
 - ``route``: the answer the JS peer got over ``/mesh/route`` equals the node's own API answer
   to the same request;
 - ``kad``: ``GET /api/providers/<probe>`` makes the node walk its mesh DHT: its FIND_NODE and
-  GET_PROVIDERS must reach the JS peer and be answered (the peer reports each inbound
-  message), and the provider record only the JS peer holds must come back;
+  GET_PROVIDERS for the probe's key (the sha2-256 multihash of ``/mesh-model/served/<probe>``)
+  must reach the JS peer and be answered by js-libp2p's kad-dht (the peer reports each inbound
+  message), and the provider record only the JS peer holds, in kad-dht's own provider store,
+  must come back;
 - ``leaving``: the JS peer's signed ``leaving`` makes the node drop it while the connection
   is still up;
 - ``wrong-secret``: a JS peer with the wrong secret fails the handshake, the node lists it in
@@ -24,6 +26,7 @@ is the JS peer decoding and re-encoding every frame of ``protocols/vectors/`` by
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -54,6 +57,7 @@ CHECKS = (
     *JOIN_CHECKS,
     "gossip-seen",
     "route",
+    "route-validation",
     "kad",
     "leaving",
     "wrong-secret",
@@ -254,7 +258,7 @@ def _join_checks(
             ready = peer.event("ready", PEER_READY_TIMEOUT)
         except RuntimeError as exc:
             ready = {}
-            for name in (*JOIN_CHECKS, "route"):
+            for name in (*JOIN_CHECKS, "route", "route-validation"):
                 if name in peer.checks():
                     results.from_peer(peer, name)
                 else:
@@ -265,7 +269,7 @@ def _join_checks(
         peer_id = str(ready.get("peer_id"))
         _gossip_seen(results, node, peer_id)
         _route(results, node, peer, model_id)
-        _kad(results, node, peer, peer_id, node_id, str(ready.get("probe_model")))
+        _kad(results, node, peer, peer_id, node_id, ready)
         _leaving(results, node, peer, peer_id)
     finally:
         peer.stop()
@@ -312,32 +316,33 @@ def _route(results: _Results, node: Any, peer: JsPeer, model_id: str) -> None:
             "route", False, f"JS peer got {js_text!r}, but the node's own API failed: {exc!r}"
         )
         return
-    variants = {v.get("variant"): v for v in peer.events("route-variant")}
-    notes = []
-    half = variants.get("half-close")
-    if half is not None and half.get("kind") != "answer":
-        notes.append(
-            "note: the same request with the write side closed after it (allowed by route.md) "
-            f"got {half.get('kind')}: {half.get('message')}"
-        )
-    openai = variants.get("openai-body")
-    if openai is not None and openai.get("kind") != "answer":
-        notes.append(
-            "an OpenAI-shaped body as in vectors/route.json got "
-            f"{openai.get('kind')} {openai.get('code')}: {openai.get('message')}"
-        )
     same = js_text == api_text
     detail = (
         f"/mesh/route answer {js_text!r} {'equals' if same else 'differs from'} the node's API "
         f"answer {api_text!r}"
     )
-    results.add("route", same, "; ".join([detail, *notes]))
+    results.add("route", same, detail)
+    results.from_peer(peer, "route-validation")
+
+
+def served_key_hex(model_id: str) -> str:
+    """The provider key of ``model_id`` on the wire, in hex: the sha2-256 multihash
+    (``0x12 0x20`` + digest) of ``/mesh-model/served/<model_id>``."""
+    return "1220" + hashlib.sha256(f"/mesh-model/served/{model_id}".encode()).hexdigest()
 
 
 def _kad(
-    results: _Results, node: Any, peer: JsPeer, peer_id: str, node_id: str, probe: str
+    results: _Results, node: Any, peer: JsPeer, peer_id: str, node_id: str, ready: dict[str, Any]
 ) -> None:
-    key = f"/mesh-model/served/{probe}"
+    probe = str(ready.get("probe_model"))
+    key = served_key_hex(probe)
+    problems = []
+    if ready.get("probe_key_hex") != key:
+        # The peer computes the key from the name on its own: both must agree byte for byte.
+        problems.append(
+            f"the JS peer holds its probe record under {ready.get('probe_key_hex')}, "
+            f"not under the multihash {key} of /mesh-model/served/{probe}"
+        )
     try:
         response = httpx.get(f"{node.console_url}/api/providers/{probe}", timeout=HTTP_TIMEOUT)
         answer = response.json()
@@ -350,16 +355,23 @@ def _kad(
             r.get("event") == "kad-in"
             and r.get("type") == kind
             and r.get("from") == node_id
-            and r.get("key_text") == key
+            and r.get("key_hex") == key
         )
 
-    problems = []
-    try:
-        find_node = peer.wait_for(inbound("FIND_NODE"), 5.0, f"an inbound FIND_NODE for {key}")
-        if not find_node.get("answered"):
-            problems.append(f"the node's FIND_NODE was not answered: {find_node}")
-    except RuntimeError as exc:
-        problems.append(str(exc))
+    seen = {}
+    for kind in ("FIND_NODE", "GET_PROVIDERS"):
+        try:
+            seen[kind] = message = peer.wait_for(inbound(kind), 5.0, f"an inbound {kind} for {key}")
+        except RuntimeError as exc:
+            problems.append(str(exc))
+            continue
+        if not message.get("answered"):
+            problems.append(f"the node's {kind} was not answered: {message}")
+    if "GET_PROVIDERS" in seen and not seen["GET_PROVIDERS"].get("providers"):
+        problems.append(
+            f"the JS peer answered GET_PROVIDERS with "
+            f"{seen['GET_PROVIDERS'].get('providers')} providers"
+        )
     served_by = answer.get("served_by", [])
     if peer_id not in served_by:
         problems.append(
@@ -382,8 +394,10 @@ def _kad(
     results.add(
         "kad",
         True,
-        f"node's lookup of {key} on {table and table.get('protocol')} sent FIND_NODE and "
-        f"GET_PROVIDERS to the JS peer, both answered; served_by {served_by}{out_note}",
+        f"node's lookup of /mesh-model/served/{probe} (key {key[:12]}…, CID "
+        f"{ready.get('probe_cid')}) on {table and table.get('protocol')} sent FIND_NODE and "
+        f"GET_PROVIDERS to the JS peer, both answered by kad-dht "
+        f"({seen['GET_PROVIDERS'].get('providers')} provider); served_by {served_by}{out_note}",
     )
 
 

@@ -10,6 +10,15 @@ so it is hashed into a fixed-length token that multistream accepts; hashing also
 mesh's name out of the protocol list that identify shows to every peer that connects. Meshes
 therefore never mix with each other or with the public IPFS DHT, and an inbound kad stream
 from a peer that is not a member of the mesh is reset before any kad message on it is read.
+A stream that arrives before its sender is a member waits, like every other ``/mesh/*``
+stream, for the membership handshake that may still be completing on the same connection
+(``wait_member``), and is reset only if that does not admit the sender in time.
+
+Provider-record keys are sha2-256 multihashes (``0x12 0x20`` + ``sha256(name)``) of the names
+``/mesh-model/served/<model id>`` and ``/mesh-model/disk/<sha256 of the file>``: js-libp2p's
+and go-libp2p's Kademlia accept only CID multihash keys in ADD_PROVIDER / GET_PROVIDERS, so
+any libp2p Kademlia can store and serve these records (js-libp2p: a CIDv1 with the ``raw``
+codec and that multihash). KadDHT takes them as the lowercase hex string of those bytes.
 
 KadDHT hard-codes ``/ipfs/kad/1.0.0`` and talks to the host directly, so it is given a
 :class:`ScopedHost` (a proxy of the real host) instead of the host: no py-libp2p global is
@@ -20,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import trio
@@ -44,6 +53,8 @@ DEFAULT_TIMEOUT = 10.0
 
 SERVED_PREFIX = "/mesh-model/served/"
 ON_DISK_PREFIX = "/mesh-model/disk/"
+_SHA2_256 = b"\x12\x20"
+"""Multihash prefix: code 0x12 (sha2-256), digest length 32."""
 
 _TAG_DOMAIN = b"meshp2p/kad/v1\x00"
 _NON_MEMBER_PROTOCOLS = ["/meshp2p/not-a-mesh-member"]
@@ -57,14 +68,29 @@ def protocol_id_for(mesh_id: str) -> TProtocol:
     return TProtocol(PROTOCOL_PREFIX + tag)
 
 
+def provider_key(name: str) -> str:
+    """The provider key for ``name``: its sha2-256 multihash, as lowercase hex.
+
+    That is ``(0x12 0x20 + sha256(name.encode("utf-8"))).hex()``; KadDHT sends the 34
+    multihash bytes the hex spells, which every libp2p Kademlia accepts as a provider key.
+    """
+    return (_SHA2_256 + hashlib.sha256(name.encode("utf-8")).digest()).hex()
+
+
 def served_key(model_id: str) -> str:
-    """The provider key under which nodes serving ``model_id`` announce themselves."""
-    return SERVED_PREFIX + model_id
+    """The provider key under which nodes serving ``model_id`` announce themselves.
+
+    The multihash of ``/mesh-model/served/<model_id>`` (see :func:`provider_key`).
+    """
+    return provider_key(SERVED_PREFIX + model_id)
 
 
 def on_disk_key(sha256: str) -> str:
-    """The provider key under which nodes holding the model file ``sha256`` announce it."""
-    return ON_DISK_PREFIX + sha256
+    """The provider key under which nodes holding the model file ``sha256`` announce it.
+
+    The multihash of ``/mesh-model/disk/<sha256>`` (see :func:`provider_key`).
+    """
+    return provider_key(ON_DISK_PREFIX + sha256)
 
 
 class _NotAMemberError(Exception):
@@ -132,21 +158,32 @@ class ScopedHost:
 
     Everything is delegated to the real host except what KadDHT uses to reach the network:
     handler registration and ``new_stream`` translate ``/ipfs/kad/1.0.0`` to ``protocol_id``;
-    the handler resets streams from non-members unread; streams are never opened to
+    the handler resets streams from non-members unread (after ``wait_member``, if given,
+    has waited for the sender's admission in vain); streams are never opened to
     non-members; the connected-peer list leaves non-members out; and the peerstore shows
     every member, and no one else, as a kad server, and keeps non-members' addresses to itself.
     """
 
     def __init__(
-        self, host: IHost, protocol_id: TProtocol, is_member: Callable[[ID], bool]
+        self,
+        host: IHost,
+        protocol_id: TProtocol,
+        is_member: Callable[[ID], bool],
+        wait_member: Callable[[ID], Awaitable[bool]] | None = None,
     ) -> None:
         self._host = host
         self.protocol_id = protocol_id
         self._is_member = is_member
+        self._wait_member = wait_member
         self._peerstore = _ScopedPeerStore(host.get_peerstore(), is_member)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host, name)
+
+    async def _admitted(self, peer_id: ID) -> bool:
+        if self._is_member(peer_id):
+            return True
+        return self._wait_member is not None and await self._wait_member(peer_id)
 
     def _scoped(self, protocol_id: TProtocol) -> TProtocol:
         return self.protocol_id if protocol_id == KAD_PROTOCOL_ID else protocol_id
@@ -158,7 +195,7 @@ class ScopedHost:
 
         async def members_only(stream: INetStream) -> None:
             peer_id = stream.muxed_conn.peer_id
-            if not self._is_member(peer_id):
+            if not await self._admitted(peer_id):
                 logger.warning(
                     "reset kad stream from %s: not a member of this mesh (%s)",
                     peer_id,
@@ -197,6 +234,11 @@ class MeshKad:
     member the membership layer knows, then ``provide`` and ``find_providers`` keys made by
     :func:`served_key` / :func:`on_disk_key`, and ``find_peer`` members' addresses. Every
     lookup gives up after ``timeout`` seconds and then returns an empty answer.
+
+    ``is_member`` says whether a peer is a member now. ``wait_member``, if given, is awaited
+    for the sender of an inbound kad stream that is not (yet) a member: it should wait a
+    while for that peer's admission and return whether it was admitted. Without it such a
+    stream is reset at once.
     """
 
     def __init__(
@@ -205,6 +247,7 @@ class MeshKad:
         mesh_id: str,
         is_member: Callable[[ID], bool],
         *,
+        wait_member: Callable[[ID], Awaitable[bool]] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.host = host
@@ -212,6 +255,7 @@ class MeshKad:
         self.protocol_id = protocol_id_for(mesh_id)
         self.timeout = timeout
         self._is_member = is_member
+        self._wait_member = wait_member
         self._dht: KadDHT | None = None
 
     def is_member(self, peer_id: ID) -> bool:
@@ -231,7 +275,7 @@ class MeshKad:
         if self._dht is not None:
             raise RuntimeError("this MeshKad is already running")
         logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_STREAM_CLOSE_NOISE)
-        scoped = ScopedHost(self.host, self.protocol_id, self.is_member)
+        scoped = ScopedHost(self.host, self.protocol_id, self.is_member, self._wait_member)
         dht = KadDHT(cast(IHost, scoped), DHTMode.SERVER)  # registers the scoped handler
         try:
             async with background_trio_service(dht):

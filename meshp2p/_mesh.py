@@ -258,7 +258,12 @@ class MeshService:
                 host.set_stream_handler(AUTH, self._handle_auth)
                 if not self.client:
                     host.set_stream_handler(GOSSIP, self.members_only(self._handle_gossip))
-                    self.kad = MeshKad(host, self.credentials.mesh_id, self.is_member)
+                    self.kad = MeshKad(
+                        host,
+                        self.credentials.mesh_id,
+                        self.is_member,
+                        wait_member=self._wait_member,
+                    )
                     await nursery.start(self.kad.run)
                     self._refresh_own(force=True)
                     nursery.start_soon(self._heartbeat)

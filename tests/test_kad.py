@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -12,11 +13,17 @@ from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht.common import PROTOCOL_ID as IPFS_KAD
+from libp2p.kad_dht.kad_dht import _encode_key
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
+from meshp2p import _mesh
+from meshp2p._invite import MeshCredentials
 from meshp2p._kad import MeshKad, ScopedHost, on_disk_key, protocol_id_for, served_key
+from meshp2p._mesh import LocalState, MeshService
 
 TCP = "/ip4/127.0.0.1/tcp/0"
 QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
@@ -76,9 +83,54 @@ def kad_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     ]
 
 
-def test_keys_and_protocol_id_are_namespaced() -> None:
-    assert served_key("gemma-3-270m") == "/mesh-model/served/gemma-3-270m"
-    assert on_disk_key("ab" * 32) == "/mesh-model/disk/" + "ab" * 32
+class Admissions:
+    """A membership set whose ``wait`` waits ``grace`` seconds for a peer, as MeshService's."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.members: set[ID] = set()
+        self._changed = trio.Event()
+
+    def admit(self, peer: ID) -> None:
+        self.members.add(peer)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait(self, peer: ID) -> bool:
+        with trio.move_on_after(self.grace):
+            while peer not in self.members:
+                await self._changed.wait()
+        return peer in self.members
+
+
+async def find_node(stream: INetStream, target: ID) -> Message:
+    """One raw FIND_NODE on an open kad stream, and its answer."""
+    request = Message(type=Message.MessageType.FIND_NODE, key=target.to_bytes())
+    body = request.SerializeToString()
+    await stream.write(encode_uvarint(len(body)) + body)
+    answer = Message()
+    answer.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1 << 20))
+    return answer
+
+
+def test_provider_keys_are_multihashes_of_namespaced_names() -> None:
+    served = served_key("gemma-3-270m")
+    digest = hashlib.sha256(b"/mesh-model/served/gemma-3-270m").digest()
+    assert served == "1220" + digest.hex()
+    assert served == (bytes([0x12, 0x20]) + digest).hex()
+    # KadDHT sends exactly the 34 multihash bytes: what js-/go-libp2p take as a CID key.
+    assert _encode_key(served) == bytes.fromhex(served)
+    assert len(_encode_key(served)) == 34
+    sha = "ab" * 32
+    assert (
+        on_disk_key(sha) == "1220" + hashlib.sha256(f"/mesh-model/disk/{sha}".encode()).hexdigest()
+    )
+    snowman = hashlib.sha256("/mesh-model/served/☃".encode()).hexdigest()
+    assert served_key("☃") == "1220" + snowman
+    assert len({served_key("a"), served_key("b"), on_disk_key("a")}) == 3
+
+
+def test_protocol_id_is_namespaced() -> None:
     pid = protocol_id_for("my mesh ☃")
     assert pid.startswith("/mesh/kad/1.0.0/")
     assert len(pid.rsplit("/", 1)[1]) == 32
@@ -215,4 +267,86 @@ async def test_lookups_work_over_quic() -> None:
         key = on_disk_key("ab" * 32)
         assert await kads[0].provide(key)
         assert await kads[3].find_providers(key) == [a.get_id()]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_member_whose_kad_stream_beats_its_admission_is_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The kad gate waits for the membership handshake, like the other /mesh/* gates."""
+    async with running_hosts(3) as hosts, trio.open_nursery() as nursery:
+        a, b, outsider = hosts
+        admissions = Admissions(grace=2.0)
+        kad_a = MeshKad(a, "mesh-a", admissions.members.__contains__, wait_member=admissions.wait)
+        kad_b = MeshKad(b, "mesh-a", lambda _: True)
+        for kad in (kad_a, kad_b):
+            await nursery.start(kad.run)
+        key = served_key("gemma-3-270m")
+        await kad_a.provide(key)  # stored locally; no member to send it to yet
+        with trio.fail_after(STEP_TIMEOUT):
+            await b.connect(PeerInfo(a.get_id(), a.get_addrs()))
+            await outsider.connect(PeerInfo(a.get_id(), a.get_addrs()))
+        assert await kad_b.add_peer(a.get_id(), a.get_addrs())
+
+        # B's lookup reaches A before A has admitted B: A holds the streams until it does.
+        async def admit_b_later() -> None:
+            await trio.sleep(0.5)
+            admissions.admit(b.get_id())
+
+        nursery.start_soon(admit_b_later)
+        with trio.fail_after(STEP_TIMEOUT):
+            assert await kad_b.find_providers(key) == [a.get_id()]
+        assert kad_warnings(caplog, f"reset kad stream from {b.get_id()}") == []
+        # Once admitted, B is answered at once.
+        with trio.fail_after(STEP_TIMEOUT):
+            stream = await b.new_stream(a.get_id(), [kad_a.protocol_id])
+            assert (await find_node(stream, a.get_id())).type == Message.MessageType.FIND_NODE
+            await stream.close()
+
+        # A peer that is never admitted is reset once the grace is over, not before.
+        started = trio.current_time()
+        with trio.fail_after(STEP_TIMEOUT), pytest.raises(Exception):  # noqa: B017
+            stream = await outsider.new_stream(a.get_id(), [kad_a.protocol_id])
+            await find_node(stream, a.get_id())
+        assert trio.current_time() - started >= admissions.grace - 0.1
+        assert kad_warnings(caplog, f"reset kad stream from {outsider.get_id()}")
+        nursery.cancel_scope.cancel()
+
+
+async def test_mesh_service_kad_gate_waits_for_the_handshake(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MeshService gives its kad the same grace as its other /mesh/* handlers."""
+    monkeypatch.setattr(_mesh, "_MEMBERSHIP_GRACE", 2.0)
+    credentials = MeshCredentials.new()
+    local = LocalState("host", (), (), 0, 0, {})
+    service = MeshService(
+        create_new_key_pair(), credentials, local=lambda: local, version="test", listen=[TCP]
+    )
+    async with running_hosts(2) as (b, outsider), trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        a = service.host
+        protocol = protocol_id_for(credentials.mesh_id)
+        with trio.fail_after(STEP_TIMEOUT):
+            await b.connect(PeerInfo(a.get_id(), a.get_addrs()))
+            await outsider.connect(PeerInfo(a.get_id(), a.get_addrs()))
+
+        async def admit_b_later() -> None:
+            await trio.sleep(0.5)
+            service._admit(b.get_id())  # what a completed /mesh/auth handshake does
+
+        # B's kad stream arrives while its handshake is still (notionally) running.
+        nursery.start_soon(admit_b_later)
+        with trio.fail_after(STEP_TIMEOUT):
+            stream = await b.new_stream(a.get_id(), [protocol])
+            assert (await find_node(stream, a.get_id())).type == Message.MessageType.FIND_NODE
+            await stream.close()
+        assert kad_warnings(caplog, f"reset kad stream from {b.get_id()}") == []
+
+        started = trio.current_time()
+        with trio.fail_after(STEP_TIMEOUT), pytest.raises(Exception):  # noqa: B017
+            stream = await outsider.new_stream(a.get_id(), [protocol])
+            await find_node(stream, a.get_id())
+        assert trio.current_time() - started >= 2.0 - 0.1
+        assert kad_warnings(caplog, f"reset kad stream from {outsider.get_id()}")
         nursery.cancel_scope.cancel()

