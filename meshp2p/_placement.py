@@ -23,10 +23,11 @@ A pure function of a mesh view: no I/O, no clock. The rule (``plan_placement``):
    token embeddings and the output layer. A worker whose share rounds to zero layers
    would carry nothing: it is dropped and step 2 runs again without it.
 5. **Never raises for a mesh that is too small**: ``missing_bytes`` says how many
-   more bytes of free memory the plan needs, the larger of what the whole plan lacks
-   (``required - capacity``) and what the host lacks for its own tensors
-   (``ceil(host_only_bytes x headroom) - host free``). A plan with ``missing_bytes > 0``
-   shows the best layout the mesh allows and must not be run.
+   more bytes of free memory the plan needs (``required - capacity``). A plan with
+   ``missing_bytes > 0`` shows the best layout the mesh allows and must not be run.
+   A host whose free memory is below its own tensors' share still hosts the split:
+   it gets no layers, and keeps embeddings and output layer anyway (a split loads them
+   into the host's system memory, not a device, see ``_llamacpp.split_model_params``).
 
 The host holds the first block of layers and the workers the following blocks, in plan
 order: that is how ``meshp2p._llamacpp`` loads a split (the host CPU takes the layers that
@@ -185,7 +186,7 @@ def plan_placement(
             LayerAssignment(peer.id, range(start, start + count), peer.memory_free, peer.rtt_ms)
         )
         start += count
-    missing = max(0, required - capacity, host_required - host.memory_free)
+    missing = max(0, required - capacity)
     return PlacementPlan(
         model=model_id,
         host=host_id,
