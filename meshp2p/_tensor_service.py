@@ -157,6 +157,7 @@ class _RpcServer:
     streams: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     exited: trio.Event = field(default_factory=trio.Event)
+    stopping: bool = False
 
 
 class TensorServer:
@@ -342,7 +343,12 @@ class TensorServer:
                     log.info("RPC server for host %s on %s", host, server.endpoint)
                     task_status.started(server)
                     await process.wait()
-                    log.warning("RPC server for host %s exited (%s)", host, process.returncode)
+                    if not server.stopping:
+                        log.warning(
+                            "RPC server for host %s exited (%s); see rpc-worker.log",
+                            host,
+                            process.returncode,
+                        )
                 finally:
                     if server is not None:
                         server.exited.set()
@@ -361,6 +367,7 @@ class TensorServer:
                     )
                     if self.servers.get(server.host) is server:
                         del self.servers[server.host]
+                    server.stopping = True
                     server.process.terminate()
 
 
@@ -553,17 +560,21 @@ class TensorTunnel:
                         self.counters.bytes_received += len(data)
                         await tcp.send_all(data)
 
+                ended = False
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_until_done, upstream, nursery.cancel_scope)
                         await downstream()
                         nursery.cancel_scope.cancel()
+                    ended = True
                 except Exception as exc:
-                    await reset_quietly(stream)
                     if carried:
                         self._break(f"tunnel stream failed: {exc!r}")
-                    return
-                await close_quietly(stream)
+                finally:
+                    # Cancelled (the tunnel closes with its child) or failed: reset, so the
+                    # worker's end of the stream and its RPC connection end now too.
+                    with trio.CancelScope(shield=True):
+                        await (close_quietly(stream) if ended else reset_quietly(stream))
         finally:
             self.counters.open -= 1
 
