@@ -170,11 +170,13 @@ class ScopedHost:
         protocol_id: TProtocol,
         is_member: Callable[[ID], bool],
         wait_member: Callable[[ID], Awaitable[bool]] | None = None,
+        on_reject: Callable[[ID, str], None] | None = None,
     ) -> None:
         self._host = host
         self.protocol_id = protocol_id
         self._is_member = is_member
         self._wait_member = wait_member
+        self._on_reject = on_reject
         self._peerstore = _ScopedPeerStore(host.get_peerstore(), is_member)
 
     def __getattr__(self, name: str) -> Any:
@@ -201,6 +203,10 @@ class ScopedHost:
                     peer_id,
                     self.protocol_id,
                 )
+                if self._on_reject is not None:
+                    self._on_reject(
+                        peer_id, f"{self.protocol_id} stream before proving mesh membership"
+                    )
                 try:
                     await stream.reset()
                 except Exception:
@@ -238,7 +244,7 @@ class MeshKad:
     ``is_member`` says whether a peer is a member now. ``wait_member``, if given, is awaited
     for the sender of an inbound kad stream that is not (yet) a member: it should wait a
     while for that peer's admission and return whether it was admitted. Without it such a
-    stream is reset at once.
+    stream is reset at once. ``on_reject(peer, reason)`` is told of every reset stream.
     """
 
     def __init__(
@@ -248,6 +254,7 @@ class MeshKad:
         is_member: Callable[[ID], bool],
         *,
         wait_member: Callable[[ID], Awaitable[bool]] | None = None,
+        on_reject: Callable[[ID, str], None] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.host = host
@@ -256,6 +263,7 @@ class MeshKad:
         self.timeout = timeout
         self._is_member = is_member
         self._wait_member = wait_member
+        self._on_reject = on_reject
         self._dht: KadDHT | None = None
 
     def is_member(self, peer_id: ID) -> bool:
@@ -275,7 +283,9 @@ class MeshKad:
         if self._dht is not None:
             raise RuntimeError("this MeshKad is already running")
         logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_STREAM_CLOSE_NOISE)
-        scoped = ScopedHost(self.host, self.protocol_id, self.is_member, self._wait_member)
+        scoped = ScopedHost(
+            self.host, self.protocol_id, self.is_member, self._wait_member, self._on_reject
+        )
         dht = KadDHT(cast(IHost, scoped), DHTMode.SERVER)  # registers the scoped handler
         try:
             async with background_trio_service(dht):

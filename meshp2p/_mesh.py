@@ -263,6 +263,7 @@ class MeshService:
                         self.credentials.mesh_id,
                         self.is_member,
                         wait_member=self._wait_member,
+                        on_reject=self._reject,
                     )
                     await nursery.start(self.kad.run)
                     self._refresh_own(force=True)

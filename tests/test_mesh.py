@@ -19,6 +19,7 @@ from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from meshp2p._invite import InviteToken, MeshCredentials
+from meshp2p._kad import protocol_id_for
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +157,8 @@ async def test_non_member_gets_no_mesh_stream(
             await outsider.connect(info)
             # Every /mesh/* protocol, opened together: each waits out the same grace.
             streams = []
-            for protocol in MESH_PROTOCOLS:
+            kad = str(protocol_id_for(token.credentials.mesh_id))
+            for protocol in (*MESH_PROTOCOLS, kad):
                 stream = await outsider.new_stream(info.peer_id, [TProtocol(protocol)])
                 await stream.write(b"\x01\xa0")
                 streams.append(stream)
@@ -167,7 +169,7 @@ async def test_non_member_gets_no_mesh_stream(
                             raise StreamError("closed without serving")
         status = await trio.to_thread.run_sync(node.status)
         refused = [r["reason"] for r in status["rejected"]]
-        for protocol in MESH_PROTOCOLS:
+        for protocol in (*MESH_PROTOCOLS, kad):
             assert f"{protocol} stream before proving mesh membership" in refused
         assert status["lending"] == []  # no llama.cpp RPC server was started for it
     finally:
