@@ -105,6 +105,13 @@ def child(args: list[str], log: Path) -> subprocess.Popen[str]:
     )
 
 
+def pin(pids: set[int], core: int) -> None:
+    """Keep ``pids`` and all their threads on one CPU core."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), {core})
+
+
 def start_mesh(
     base: Path, name: str, model: Path, with_file: bool, listen: list[str]
 ) -> tuple[NodeProcess, NodeProcess]:
@@ -141,13 +148,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--transport", choices=sorted(LISTEN), default="tcp")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="host processes on core 0, worker processes on core 1 (two one-core machines)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "split.json")
     args = parser.parse_args()
     listen = LISTEN[args.transport]
 
     nodes: list[NodeProcess] = []
     children: list[subprocess.Popen[str]] = []
-    result: dict[str, Any] = {"machine": machine(), "transport": args.transport}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "transport": args.transport,
+        "pinned": args.pin,
+    }
     with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=300, trust_env=False) as http:
         base = Path(tmp)
         model = ModelStore(base / "store").ensure_default()
@@ -200,6 +216,12 @@ def main() -> int:
             result["direct"] = {"load_s": direct_ready["load_s"]}
 
             ports = {"mesh": served["port"], "direct": direct_ready["port"]}
+            if args.pin:
+                # One core per "machine": the host's processes on core 0, the worker's on
+                # core 1, as if they were two one-core machines (both paths alike).
+                lending = b.status()["lending"]
+                pin({a.proc.pid, served["pid"], direct.pid}, 0)
+                pin({b.proc.pid, rpc.pid, *(entry["pid"] for entry in lending)}, 1)
             for port in ports.values():  # warm both
                 generate(http, port, "Hello", 8)
             rates: dict[str, list[float]] = {"mesh": [], "direct": []}
@@ -251,7 +273,8 @@ def main() -> int:
     s = result["split"]
     print(
         f"split: host {s['host_layers']} layers, worker {s['worker_layers']}; "
-        f"transport {args.transport}; {machine()}"
+        f"transport {args.transport}; {'pinned: host core 0, worker core 1; ' if args.pin else ''}"
+        f"{machine()}"
     )
     print(f"{'path':8} {'tok/s':>7}  runs")
     for path in ("direct", "mesh"):
