@@ -214,7 +214,8 @@ class Node:
             else None,
             "placements": [_plan_status(p) for p in self.plans.values()],
             "split": next(
-                (_plan_status(p) for p in self.plans.values() if p.mode == "split"), None
+                (_plan_status(p) for p in self.plans.values() if p.mode == "split" and p.fits),
+                None,
             ),
             "tunnels": [t.status() for ts in self.tunnels.values() for t in ts],
             "lending": self.tensor_server.status() if self.tensor_server else [],
@@ -416,7 +417,9 @@ class Node:
         return place
 
     def plan(self, model: ModelFile, layout: GgufLayout) -> PlacementPlan:
-        """Where ``model`` would run now: a pure function of the mesh view and the time."""
+        """Where ``model`` would run now. The decision is ``_placement.plan_placement``'s, a
+        pure function of the mesh view; this only adjusts the view: the host's free memory
+        is what its other models leave, and workers that failed recently are left out."""
         view = self.view()
         now = time.monotonic()
         lent = self.tensor_server.lent_bytes if self.tensor_server else 0
