@@ -99,28 +99,14 @@ class LocalFiles:
 async def _read_frame(stream: INetStream) -> tuple[dict[str, Any] | None, bytes]:
     """One frame from ``stream`` and whatever bytes followed it in the same reads."""
     decoder = FrameDecoder(_tensor.MAX_FRAME)
-    buf = bytearray()
     with trio.fail_after(_HELLO_TIMEOUT):
         while True:
             data = await read_some(stream, _tensor.MAX_FRAME)
             if not data:
                 return None, b""
-            buf += data
-            length, used = _varint(buf)
-            if length is not None and len(buf) >= used + length:
-                frames = decoder.feed(bytes(buf[: used + length]))
-                return frames[0], bytes(buf[used + length :])
-            if len(buf) > _tensor.MAX_FRAME + 9:
-                raise ProtocolError("hello frame too long")
-
-
-def _varint(buf: bytearray) -> tuple[int | None, int]:
-    value = 0
-    for i, byte in enumerate(buf[:9]):
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, i + 1
-    return None, 0
+            frames = decoder.feed(data, limit=1)
+            if frames:
+                return frames[0], decoder.rest
 
 
 async def _send_chunks(send: Callable[[Any], Awaitable[None]], chunks: Sequence[Any]) -> None:

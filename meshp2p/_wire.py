@@ -210,26 +210,31 @@ class FrameDecoder:
         self._length: int | None = None
         self._body = bytearray()
         self._error: str | None = None
+        self.rest = b""
 
     @property
     def buffered(self) -> int:
         """Bytes held for a frame not yet complete."""
         return len(self._header) + len(self._body)
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """The frames ``data`` completes; with ``limit``, at most that many, and the bytes
+        after the last of them are left in ``rest`` (for a stream that changes framing
+        after its first frames)."""
         if self._error is not None:
             raise ProtocolError(self._error)
         try:
-            return self._feed(memoryview(data))
+            return self._feed(memoryview(data), limit)
         except ProtocolError as exc:
             self._error = str(exc)
             self._header.clear()
             self._body.clear()
             raise
 
-    def _feed(self, data: memoryview) -> list[dict[str, Any]]:
+    def _feed(self, data: memoryview, limit: int | None) -> list[dict[str, Any]]:
         frames: list[dict[str, Any]] = []
         pos = 0
+        self.rest = b""
         while pos < len(data):
             if self._length is None:
                 self._header.append(data[pos])
@@ -244,6 +249,9 @@ class FrameDecoder:
             pos += min(want, len(data) - pos)
             if len(self._body) == self._length:
                 frames.append(self._finish())
+                if len(frames) == limit:
+                    self.rest = bytes(data[pos:])
+                    break
         return frames
 
     def _parse_header(self) -> int | None:

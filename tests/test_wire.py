@@ -241,3 +241,16 @@ def test_valid_frames_decode_identically_however_the_stream_is_split(
     for chunk in split(data, cuts):
         out += decoder.feed(chunk)
     assert out == msgs
+
+
+@given(st.binary(max_size=64), st.integers(0, 200))
+def test_feed_with_a_limit_leaves_the_bytes_after_the_frame(tail: bytes, cut: int) -> None:
+    # A stream that starts with one frame, then carries other bytes (/mesh/rpc-tensor).
+    wire = encode_frame({"t": "hello", "v": 1}) + tail
+    decoder = FrameDecoder(4096)
+    first = decoder.feed(wire[:cut], limit=1)
+    if first:
+        frames, rest = first, decoder.rest + wire[cut:]
+    else:
+        frames, rest = decoder.feed(wire[cut:], limit=1), decoder.rest
+    assert frames == [{"t": "hello", "v": 1}] and rest == tail
