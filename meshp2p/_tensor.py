@@ -199,7 +199,12 @@ class HostRewriter:
     layouts it only checks the stream and zeroes the HELLO's ``conn_caps``.
     """
 
-    def __init__(self, layouts: Mapping[str, GgufLayout], read: FileReader) -> None:
+    def __init__(
+        self,
+        layouts: Mapping[str, GgufLayout],
+        read: FileReader,
+        counters: RewriteCounters | None = None,
+    ) -> None:
         self._parser = RpcRequestParser()
         self._read = read
         self._index: dict[str, _Region] = {}
@@ -211,7 +216,8 @@ class HostRewriter:
         self._position = 0  # where in the file its next byte would be
         self._ref_start = 0
         self._ref_length = 0
-        self.counters = RewriteCounters()
+        #: Shared by every rewriter of one tunnel when given, so it adds up their work.
+        self.counters = counters if counters is not None else RewriteCounters()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
         """What to write to the stream for ``data``; ProtocolError on a malformed stream."""

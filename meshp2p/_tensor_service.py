@@ -11,7 +11,6 @@ The byte rewriting is in ``_tensor`` (sans I/O); the protocol in protocols/rpc-t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import mmap
@@ -390,12 +389,7 @@ async def _ready_line(process: trio.Process) -> dict[str, Any] | None:
 class TunnelCounters:
     connections: int = 0
     open: int = 0
-    bytes_from_llama: int = 0
-    bytes_sent: int = 0
     bytes_received: int = 0
-    bytes_by_reference: int = 0
-    uploads: int = 0
-    uploads_by_reference: int = 0
     round_trips: int = 0
 
 
@@ -426,6 +420,8 @@ class TensorTunnel:
         self.files = files
         self.endpoint = ""
         self.counters = TunnelCounters()
+        #: What every connection's HostRewriter read from llama.cpp and wrote to streams.
+        self.rewrites = RewriteCounters()
         self.broken: str | None = None
         self.worker_files: tuple[str, ...] = ()
 
@@ -436,6 +432,11 @@ class TensorTunnel:
             "broken": self.broken,
             "files_by_reference": list(self.worker_files),
             **vars(self.counters),
+            "bytes_from_llama": self.rewrites.bytes_in,
+            "bytes_sent": self.rewrites.bytes_out,
+            "bytes_by_reference": self.rewrites.bytes_by_reference,
+            "uploads": self.rewrites.uploads,
+            "uploads_by_reference": self.rewrites.uploads_by_reference,
         }
 
     def _hello(self) -> HostHello:
@@ -510,6 +511,7 @@ class TensorTunnel:
                 rewriter = HostRewriter(
                     accepted,
                     files.read if files is not None else _no_file,
+                    self.rewrites,
                 )
                 awaiting = False
                 llama_closed = False
@@ -524,13 +526,9 @@ class TensorTunnel:
                             await close_write(stream)
                             return
                         carried = True
-                        before = dataclasses.replace(rewriter.counters)
                         chunks = rewriter.feed(data)
-                        self._count(before, rewriter.counters)
-                        sent = sum(len(c) for c in chunks)
                         await _send_chunks(lambda c: stream.write(bytes(c)), chunks)
-                        self.counters.bytes_sent += sent
-                        awaiting = awaiting or sent > 0
+                        awaiting = awaiting or any(len(c) for c in chunks)
 
                 async def downstream() -> None:  # worker -> llama.cpp
                     nonlocal awaiting
@@ -563,13 +561,6 @@ class TensorTunnel:
                         await (close_quietly(stream) if ended else reset_quietly(stream))
         finally:
             self.counters.open -= 1
-
-    def _count(self, before: RewriteCounters, after: RewriteCounters) -> None:
-        c = self.counters
-        c.bytes_from_llama += after.bytes_in - before.bytes_in
-        c.bytes_by_reference += after.bytes_by_reference - before.bytes_by_reference
-        c.uploads += after.uploads - before.uploads
-        c.uploads_by_reference += after.uploads_by_reference - before.uploads_by_reference
 
     def _break(self, reason: str) -> None:
         if self.broken is None:
