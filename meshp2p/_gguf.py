@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ModelError
+from ._llamacpp import OUTPUT_TENSORS
 
 _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
@@ -29,8 +30,8 @@ _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4
 _MAX_TENSORS = 1 << 20
 
-HOST_ONLY_TENSORS = re.compile(r"^(output|output_norm|token_embd)\.weight$")
-"""The tensors a split keeps on its host (``_llamacpp.OUTPUT_TENSORS``)."""
+HOST_ONLY_TENSORS = re.compile(OUTPUT_TENSORS)
+"""The tensors a split keeps on its host: the pattern ``_llamacpp`` overrides to the CPU."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class GgufLayout:
     @functools.cached_property
     def by_name(self) -> dict[str, TensorInfo]:
         return {t.name: t for t in self.tensors}
+
+    def layers_bytes(self, n: int) -> int:
+        """About what ``n`` repeating layers take: the file less the host-only tensors,
+        shared equally among the layers, rounded up (as placement counts them)."""
+        return -(-n * (self.file_size - self.host_only_bytes) // self.n_layers)
 
     @property
     def host_only_bytes(self) -> int:

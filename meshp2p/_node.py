@@ -459,13 +459,12 @@ class Node:
         tunnels = []
         for w in plan.workers:
             peer = view.peer(w.node_id)
-            share = -(-len(w.layers) * (model.size - layout.host_only_bytes) // layout.n_layers)
             tunnels.append(
                 TensorTunnel(
                     self.mesh,
                     w.node_id,
                     addrs=peer.addrs if peer else (),
-                    memory=share,
+                    memory=layout.layers_bytes(len(w.layers)),
                     layouts={model.sha256: layout},
                     files=self.files,
                 )
@@ -478,10 +477,9 @@ class Node:
                 self._worker_failed(exc.node_id, exc.reason)
                 raise Unplaceable(str(exc)) from None
         split = split_layers(plan.n_layers, tensor_split(plan))
-        host_share = layout.host_only_bytes + -(
-            -len(plan.host_layers) * (model.size - layout.host_only_bytes) // layout.n_layers
+        self._memory_use[model.id] = layout.host_only_bytes + layout.layers_bytes(
+            len(plan.host_layers)
         )
-        self._memory_use[model.id] = host_share
         async with open_tunnels(tunnels) as endpoints:
             try:
                 yield Launch(
