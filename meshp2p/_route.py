@@ -96,7 +96,8 @@ _REQUEST_ID = re.compile(r"[\x21-\x7e]+")
 
 @dataclass(frozen=True)
 class RouteRequest:
-    """Forward one OpenAI API request; ``body`` is the JSON the inference worker takes."""
+    """Forward one OpenAI API request; ``body`` is the client's OpenAI JSON, which the
+    server validates again."""
 
     request_id: str
     endpoint: str

@@ -11,7 +11,6 @@ The byte rewriting is in ``_tensor`` (sans I/O); the protocol in protocols/rpc-t
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import sys
@@ -42,7 +41,7 @@ from ._tensor import (
     WorkerRewriter,
 )
 from ._wire import FrameDecoder, encode_frame
-from ._worker import _run_process
+from ._worker import _run_process, ready_event
 
 log = logging.getLogger("meshp2p.tensor")
 
@@ -317,7 +316,11 @@ class TensorServer:
                 process: trio.Process = await nursery.start(_run_process, command, log_file)
                 server: _RpcServer | None = None
                 try:
-                    ready = await _ready_line(process)
+                    try:
+                        with trio.fail_after(_RPC_READY_TIMEOUT):
+                            ready = await ready_event(process)
+                    except trio.TooSlowError:
+                        ready = None
                     if ready is None:
                         process.kill()
                         raise MeshError(
@@ -363,23 +366,6 @@ async def _until_done(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
     except BaseException:
         scope.cancel()
         raise
-
-
-async def _ready_line(process: trio.Process) -> dict[str, Any] | None:
-    assert process.stdout is not None
-    buffer = b""
-    with trio.move_on_after(_RPC_READY_TIMEOUT):
-        async for chunk in process.stdout:
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("event") == "ready":
-                    return event
-    return None
 
 
 # -- host side -----------------------------------------------------------------------------

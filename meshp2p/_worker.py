@@ -226,30 +226,36 @@ class InferenceWorker:
 
     async def _watch(self, process: trio.Process) -> None:
         """Wait for the ready line, serve, and return when the child exits."""
-        assert process.stdout is not None
-        buffer = b""
-        with trio.move_on_after(_READY_TIMEOUT) as ready_scope:
-            async for chunk in process.stdout:
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    event = _parse_event(line)
-                    if event and event.get("event") == "ready":
-                        self.port = int(event["port"])
-                        self.info = event
-                        self._set_state("ready")
-                        log.info(
-                            "model %s ready on 127.0.0.1:%d (pid %d)",
-                            self.model_id,
-                            self.port,
-                            process.pid,
-                        )
-                if self.state == "ready":
-                    break
-        if ready_scope.cancelled_caught:
+        try:
+            with trio.fail_after(_READY_TIMEOUT):
+                event = await ready_event(process)
+        except trio.TooSlowError:
             self.last_error = f"not ready after {_READY_TIMEOUT:.0f} s"
             process.kill()
+            event = None
+        if event is not None:
+            self.port = int(event["port"])
+            self.info = event
+            self._set_state("ready")
+            log.info(
+                "model %s ready on 127.0.0.1:%d (pid %d)", self.model_id, self.port, process.pid
+            )
         await process.wait()
+
+
+async def ready_event(process: trio.Process) -> dict[str, Any] | None:
+    """The child's ``{"event": "ready", ...}`` line from its stdout; None if stdout ends
+    first (it exited). Callers bound the wait."""
+    assert process.stdout is not None
+    buffer = b""
+    async for chunk in process.stdout:
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            event = _parse_event(line)
+            if event and event.get("event") == "ready":
+                return event
+    return None
 
 
 async def _run_process(
