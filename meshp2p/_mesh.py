@@ -24,16 +24,17 @@ from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import PingService
-from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.transport.quic.config import QUICTransportConfig
 
 from . import _auth, _gossip
 from ._errors import ConfigError, ProtocolError
 from ._gossip import Announce, Announcement, Dead, Digest, Leaving, MeshState, MeshView, Want
 from ._invite import InviteToken, MeshCredentials
 from ._kad import MeshKad, on_disk_key, served_key
+from ._quic_path import QuicPathTuner
 from ._streams import close_quietly
 from ._wire import FrameDecoder, encode_frame
 
@@ -53,6 +54,9 @@ _MAX_HANDSHAKES = 32
 _LINK_BUFFER = 256
 _REDIAL_AFTER = 2.0
 _REJECTIONS_KEPT = 32
+#: QUIC per-stream receive window (py-libp2p's default is 64 KiB). Kept below
+#: py-libp2p's 2 MiB per-stream receive buffer, which drops what overflows it.
+QUIC_STREAM_WINDOW = 1 << 20
 _LEAVE_GRACE = 2.0
 _REAP_EVERY = 1.0
 _PROBES = 2
@@ -112,11 +116,19 @@ def mesh_host(keypair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
     connections it spreads streams over QUIC and TCP by chance. With one, a dial
     takes the first address (dial ``transport_addrs`` order) that answers, at once.
     """
-    return new_host(
+    host = new_host(
         key_pair=keypair,
         listen_addrs=list(listen),
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=QUICTransportConfig(
+            max_connections_per_peer=1,
+            # py-libp2p's 64 KiB stream window lets only four 16 KB datagrams
+            # be in flight before the receiver's next MAX_STREAM_DATA.
+            stream_window=QUIC_STREAM_WINDOW,
+            connection_window=4 * QUIC_STREAM_WINDOW,
+        ),
     )
+    host.get_network().register_notifee(QuicPathTuner())
+    return host
 
 
 def parse_listen(addrs: Iterable[str]) -> list[multiaddr.Multiaddr]:
@@ -195,6 +207,23 @@ class MeshService:
     def view(self) -> MeshView:
         """An immutable snapshot of the mesh, this node included."""
         return self.state.snapshot()
+
+    def connections(self) -> list[dict[str, Any]]:
+        """This node's open libp2p connections: peer, transport, QUIC datagram size."""
+        if self._host is None:
+            return []
+        out = []
+        for peer, conns in self._host.get_network().get_connections_map().items():
+            for conn in conns:
+                quic = getattr(conn.muxed_conn, "_quic", None)
+                out.append(
+                    {
+                        "peer": peer.to_base58(),
+                        "transport": "quic" if quic is not None else "tcp",
+                        "datagram_size": getattr(quic, "_max_datagram_size", None),
+                    }
+                )
+        return out
 
     def invite_token(self) -> str:
         return InviteToken(self.credentials, tuple(self.addrs)).encode()

@@ -204,6 +204,7 @@ class Node:
             "invite_token": mesh.invite_token() if mesh else None,
             "addrs": list(mesh.addrs) if mesh else [],
             "peers": self._peers_status(),
+            "connections": mesh.connections() if mesh else [],
             "rejected": list(mesh.rejections) if mesh else [],
             "gossip": dict(mesh.counters) if mesh else {},
             "kad": {

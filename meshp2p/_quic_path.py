@@ -1,0 +1,199 @@
+"""QUIC datagram size per path: as large as the route to the peer allows.
+
+py-libp2p's QUIC transport sends every datagram at one configured size (1200
+bytes, the safe minimum for any internet path), and its cost is per datagram:
+aioquic spends ~110-150 us of Python on each one whatever its size (in memory,
+no sockets: 8.7 MB/s at 1200 bytes, 88 MB/s at 16 000). So the size of a
+datagram is the QUIC data plane's throughput, and a path that carries bigger
+ones should get them.
+
+The rule (:func:`datagram_size`, pure): for a peer this machine reaches
+directly (loopback, private, link-local, CGNAT/overlay ranges such as
+Tailscale's 100.64/10, IPv6 ULA) the kernel's MTU of the route to it, less the
+IP and UDP headers; for a global address the configured default, because the
+first hop's MTU says nothing about the rest of an internet path and aioquic
+does no path-MTU discovery (a datagram too big for a hop would be lost again on
+every retransmission). Never below QUIC's 1200, never above
+:data:`AIOQUIC_MAX`, and never above what the peer's ``max_udp_payload_size``
+transport parameter accepts (quinn, under js-libp2p's QUIC, announces 1472 by
+default).
+
+:class:`QuicPathTuner` applies it to each QUIC connection a host opens or
+accepts, after the handshake (a py-libp2p notifee): the connection's packet
+builder, pacer and congestion controller take the new size, and a congestion
+window still at its initial ten datagrams grows to ten of the new ones. Only
+the sending side changes; receiving already takes any size (py-libp2p reads
+up to 64 KiB per datagram).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+from aioquic import tls
+from aioquic._buffer import Buffer
+from aioquic.quic.packet import pull_quic_transport_parameters
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from multiaddr import Multiaddr
+
+log = logging.getLogger(__name__)
+
+#: QUIC's minimum and py-libp2p's default datagram size.
+QUIC_MIN = 1200
+#: aioquic writes a STREAM frame's length as a 2-byte varint (< 16384), so a
+#: datagram must stay below that with room for the packet and frame headers.
+AIOQUIC_MAX = 16_000
+#: Ranges reached without crossing the internet: their route MTU is the path's.
+_OVERLAY = ipaddress.ip_network("100.64.0.0/10")
+# Linux socket options (not all exposed by the socket module).
+_IP_MTU = getattr(socket, "IP_MTU", 14)
+_IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
+_HEADERS = {4: 20 + 8, 6: 40 + 8}
+
+
+def is_direct(ip: str) -> bool:
+    """Whether ``ip`` is reached without crossing the public internet."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return (
+        addr.is_loopback
+        or addr.is_private
+        or addr.is_link_local
+        or (isinstance(addr, ipaddress.IPv4Address) and addr in _OVERLAY)
+    )
+
+
+def route_mtu(ip: str, port: int = 9) -> int | None:
+    """The kernel's MTU of the route to ``ip`` (connecting a UDP socket sends nothing)."""
+    try:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((ip, port))
+            level, option = (
+                (socket.IPPROTO_IPV6, _IPV6_MTU)
+                if family == socket.AF_INET6
+                else (socket.IPPROTO_IP, _IP_MTU)
+            )
+            mtu = sock.getsockopt(level, option)
+    except OSError:
+        return None
+    return mtu if isinstance(mtu, int) and mtu > 0 else None
+
+
+def datagram_size(
+    ip: str,
+    *,
+    mtu: int | None,
+    default: int = QUIC_MIN,
+    peer_max: int | None = None,
+) -> int:
+    """The UDP payload size to send to ``ip`` over a route of ``mtu`` bytes."""
+    size = default
+    if mtu is not None and is_direct(ip):
+        version = 6 if ":" in ip and ipaddress.ip_address(ip.split("%", 1)[0]).version == 6 else 4
+        size = max(size, mtu - _HEADERS[version])
+    if peer_max is not None:
+        size = min(size, peer_max)
+    return max(QUIC_MIN, min(size, AIOQUIC_MAX))
+
+
+def peer_max_udp_payload(quic: Any) -> int | None:
+    """The peer's ``max_udp_payload_size`` transport parameter (None: not sent)."""
+    for ext_type, ext_data in getattr(quic.tls, "received_extensions", None) or ():
+        if ext_type in (
+            tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS,
+            tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS_DRAFT,
+        ):
+            params = pull_quic_transport_parameters(Buffer(data=ext_data))
+            value = params.max_udp_payload_size
+            return int(value) if value is not None else None
+    return None
+
+
+def set_datagram_size(quic: Any, size: int) -> bool:
+    """Make an established aioquic connection send datagrams of ``size`` bytes.
+
+    Returns False (and changes nothing) when this aioquic lacks the fields it
+    sets, so an aioquic upgrade degrades to the default size, not to a crash.
+    """
+    loss: Any = getattr(quic, "_loss", None)
+    pacer: Any = getattr(loss, "_pacer", None)
+    cc: Any = getattr(loss, "_cc", None)
+    if not (
+        hasattr(quic, "_max_datagram_size")
+        and hasattr(pacer, "_max_datagram_size")
+        and hasattr(cc, "congestion_window")
+    ):
+        return False
+    old = int(quic._max_datagram_size)
+    if size == old:
+        return True
+    quic._max_datagram_size = size
+    pacer._max_datagram_size = size
+    if hasattr(cc, "_max_datagram_size"):
+        cc._max_datagram_size = size
+    # Still the initial window (ten old datagrams): make it ten new ones.
+    if cc.congestion_window == 10 * old:
+        cc.congestion_window = 10 * size
+    return True
+
+
+def tune_connection(muxed: Any) -> int | None:
+    """Apply :func:`datagram_size` to a py-libp2p QUIC connection; the size, or None."""
+    quic = getattr(muxed, "_quic", None)
+    remote = getattr(muxed, "_remote_addr", None)
+    if quic is None or not remote:
+        return None
+    ip, port = str(remote[0]), int(remote[1])
+    size = datagram_size(
+        ip,
+        mtu=route_mtu(ip, port),
+        default=int(quic._max_datagram_size),
+        peer_max=peer_max_udp_payload(quic),
+    )
+    if not set_datagram_size(quic, size):
+        log.debug("this aioquic does not take a datagram size per connection")
+        return None
+    return size
+
+
+class QuicPathTuner(INotifee):
+    """Sizes the datagrams of every QUIC connection a host makes (see module doc)."""
+
+    def __init__(self) -> None:
+        #: Connections tuned, by the size they got (for status and tests).
+        self.sizes: dict[int, int] = {}
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        muxed = getattr(conn, "muxed_conn", None)
+        if muxed is None or not hasattr(muxed, "_quic"):
+            return
+        try:
+            size = tune_connection(muxed)
+        except Exception:  # never let a tuning failure break a connection
+            log.exception("could not size QUIC datagrams for a connection")
+            return
+        if size is not None:
+            self.sizes[size] = self.sizes.get(size, 0) + 1
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None

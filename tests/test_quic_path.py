@@ -1,0 +1,110 @@
+"""QUIC datagram size per path: the rule, and real py-libp2p hosts using it."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import multiaddr
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import PeerInfo
+
+from meshp2p._mesh import mesh_host
+from meshp2p._quic_path import (
+    AIOQUIC_MAX,
+    QUIC_MIN,
+    QuicPathTuner,
+    datagram_size,
+    is_direct,
+    route_mtu,
+)
+
+SINK = TProtocol("/meshp2p/test/sink/1")
+
+
+@pytest.mark.parametrize(
+    ("ip", "direct"),
+    [
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("192.168.1.20", True),
+        ("172.16.0.9", True),
+        ("100.101.102.103", True),  # CGNAT / overlay (Tailscale)
+        ("169.254.1.1", True),
+        ("::1", True),
+        ("fd00::1", True),
+        ("fe80::1%eth0", True),
+        ("::ffff:192.168.1.2", True),
+        ("8.8.8.8", False),
+        ("2001:4860:4860::8888", False),
+        ("not an address", False),
+    ],
+)
+def test_direct_addresses(ip: str, direct: bool) -> None:
+    assert is_direct(ip) is direct
+
+
+def test_size_follows_the_route_mtu_for_direct_peers_only() -> None:
+    # Ethernet LAN: 1500 - 20 (IPv4) - 8 (UDP).
+    assert datagram_size("192.168.1.2", mtu=1500) == 1472
+    assert datagram_size("fd00::2", mtu=1500) == 1452  # 40-byte IPv6 header
+    # Jumbo frames and loopback: capped where aioquic's 2-byte frame lengths end.
+    assert datagram_size("10.0.0.2", mtu=9000) == 8972
+    assert datagram_size("127.0.0.1", mtu=65536) == AIOQUIC_MAX
+    # An overlay with a small MTU (WireGuard 1280) never goes below QUIC's minimum.
+    assert datagram_size("100.64.0.7", mtu=1280) == 1252
+    assert datagram_size("10.0.0.2", mtu=576) == QUIC_MIN
+    # The internet: the first hop's MTU says nothing about the path.
+    assert datagram_size("8.8.8.8", mtu=1500) == QUIC_MIN
+    assert datagram_size("8.8.8.8", mtu=1500, default=1350) == 1350
+    # Unknown MTU: the default.
+    assert datagram_size("127.0.0.1", mtu=None) == QUIC_MIN
+    # The peer's max_udp_payload_size wins (quinn announces 1472).
+    assert datagram_size("127.0.0.1", mtu=65536, peer_max=1472) == 1472
+    assert datagram_size("127.0.0.1", mtu=65536, peer_max=1000) == QUIC_MIN
+
+
+def test_route_mtu_of_loopback_is_the_interfaces() -> None:
+    mtu = route_mtu("127.0.0.1")
+    assert mtu is not None and mtu >= 16_384  # Linux loopback: 65536
+
+
+async def test_hosts_send_big_datagrams_to_each_other_and_data_arrives_intact() -> None:
+    """Two node-built hosts on loopback QUIC: both ends size up, 8 MiB arrives byte-exact."""
+    payload = hashlib.sha256(b"seed").digest() * (8 * 1024 * 1024 // 32)
+    received = trio.Event()
+    got: list[bytes] = []
+
+    async def sink(stream: object) -> None:
+        buf = bytearray()
+        (size,) = struct.unpack(">Q", await stream.read(8))  # type: ignore[attr-defined]
+        while len(buf) < size:
+            buf += await stream.read(1 << 20)  # type: ignore[attr-defined]
+        got.append(bytes(buf))
+        await stream.write(b"K")  # type: ignore[attr-defined]
+        received.set()
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
+    server = mesh_host(create_new_key_pair(), listen)
+    client = mesh_host(create_new_key_pair(), listen)
+    notifees = [n for h in (server, client) for n in h.get_network().notifees]  # type: ignore[attr-defined]
+    tuners = [n for n in notifees if isinstance(n, QuicPathTuner)]
+    assert len(tuners) == 2
+    with trio.fail_after(60):
+        async with server.run(listen_addrs=listen), client.run(listen_addrs=listen):
+            server.set_stream_handler(SINK, sink)
+            await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
+            stream = await client.new_stream(server.get_id(), [SINK])
+            await stream.write(struct.pack(">Q", len(payload)))
+            for i in range(0, len(payload), 64 * 1024):
+                await stream.write(payload[i : i + 64 * 1024])
+            assert await stream.read(1) == b"K"
+            await received.wait()
+            (conn,) = client.get_network().connections[server.get_id()]
+            assert conn.muxed_conn._quic._max_datagram_size == AIOQUIC_MAX  # type: ignore[attr-defined]
+            await stream.close()
+    assert got == [payload]
+    assert all(t.sizes == {AIOQUIC_MAX: 1} for t in tuners), [t.sizes for t in tuners]
