@@ -145,6 +145,61 @@ def set_datagram_size(quic: Any, size: int) -> bool:
     return True
 
 
+#: aioquic calls after which it may have something new to send.
+_INPUTS = (
+    "receive_datagram",
+    "send_stream_data",
+    "reset_stream",
+    "stop_stream",
+    "handle_timer",
+    "close",
+    "send_ping",
+    "send_datagram_frame",
+    "request_key_update",
+    "change_connection_id",
+)
+
+
+def gate_sends(quic: Any) -> bool:
+    """Skip ``datagrams_to_send`` calls that cannot produce a datagram.
+
+    py-libp2p asks aioquic for datagrams after every write, every received
+    datagram, every event batch and every loop turn: about 14 calls per
+    64-byte round trip where 4 send something, each building (and throwing
+    away) a packet in Python. What aioquic sends depends only on the calls made
+    to it and on its timer (ACK delay, loss detection, pacing), so a call with
+    no input since the last one and before that timer would return nothing:
+    answer it at once. Wraps this connection's methods (the instance, not the
+    class); False if this aioquic lacks one of them.
+    """
+    if not all(callable(getattr(quic, name, None)) for name in (*_INPUTS, "datagrams_to_send")):
+        return False
+    state = {"dirty": True, "timer": None}
+    send = quic.datagrams_to_send
+    get_timer = quic.get_timer
+
+    def datagrams_to_send(now: float) -> Any:
+        timer = state["timer"]
+        if not state["dirty"] and (timer is None or now < timer):
+            return []
+        state["dirty"] = False
+        out = send(now=now)
+        state["timer"] = get_timer()
+        return out
+
+    def marking(method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            state["dirty"] = True
+            return method(*args, **kwargs)
+
+        return call
+
+    for name in _INPUTS:
+        setattr(quic, name, marking(getattr(quic, name)))
+    quic.datagrams_to_send = lambda now: datagrams_to_send(now)
+    return True
+
+
 def tune_connection(muxed: Any) -> int | None:
     """Apply :func:`datagram_size` to a py-libp2p QUIC connection; the size, or None."""
     quic = getattr(muxed, "_quic", None)
@@ -158,6 +213,7 @@ def tune_connection(muxed: Any) -> int | None:
         default=int(quic._max_datagram_size),
         peer_max=peer_max_udp_payload(quic),
     )
+    gate_sends(quic)
     if not set_datagram_size(quic, size):
         log.debug("this aioquic does not take a datagram size per connection")
         return None

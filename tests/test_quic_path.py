@@ -23,6 +23,7 @@ from meshp2p._quic_path import (
 )
 
 SINK = TProtocol("/meshp2p/test/sink/1")
+ECHO = TProtocol("/meshp2p/test/echo/1")
 
 
 @pytest.mark.parametrize(
@@ -73,7 +74,11 @@ def test_route_mtu_of_loopback_is_the_interfaces() -> None:
 
 
 async def test_hosts_send_big_datagrams_to_each_other_and_data_arrives_intact() -> None:
-    """Two node-built hosts on loopback QUIC: both ends size up, 8 MiB arrives byte-exact."""
+    """Two node-built hosts on loopback QUIC: both ends size up, 8 MiB arrives byte-exact.
+
+    The send gate (datagrams_to_send answered without aioquic when nothing
+    changed) is on for both connections: ping-pongs must still flow both ways.
+    """
     payload = hashlib.sha256(b"seed").digest() * (8 * 1024 * 1024 // 32)
     received = trio.Event()
     got: list[bytes] = []
@@ -87,6 +92,10 @@ async def test_hosts_send_big_datagrams_to_each_other_and_data_arrives_intact() 
         await stream.write(b"K")  # type: ignore[attr-defined]
         received.set()
 
+    async def echo(stream: object) -> None:
+        while data := await stream.read(64):  # type: ignore[attr-defined]
+            await stream.write(data)  # type: ignore[attr-defined]
+
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
     server = mesh_host(create_new_key_pair(), listen)
     client = mesh_host(create_new_key_pair(), listen)
@@ -96,6 +105,7 @@ async def test_hosts_send_big_datagrams_to_each_other_and_data_arrives_intact() 
     with trio.fail_after(60):
         async with server.run(listen_addrs=listen), client.run(listen_addrs=listen):
             server.set_stream_handler(SINK, sink)
+            server.set_stream_handler(ECHO, echo)
             await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
             stream = await client.new_stream(server.get_id(), [SINK])
             await stream.write(struct.pack(">Q", len(payload)))
@@ -104,7 +114,18 @@ async def test_hosts_send_big_datagrams_to_each_other_and_data_arrives_intact() 
             assert await stream.read(1) == b"K"
             await received.wait()
             (conn,) = client.get_network().connections[server.get_id()]
-            assert conn.muxed_conn._quic._max_datagram_size == AIOQUIC_MAX  # type: ignore[attr-defined]
+            quic = conn.muxed_conn._quic  # type: ignore[attr-defined]
+            assert quic._max_datagram_size == AIOQUIC_MAX
+            assert "datagrams_to_send" in vars(quic)  # the send gate is on
             await stream.close()
+            pings = await client.new_stream(server.get_id(), [ECHO])
+            for i in range(200):
+                message = b"%064d" % i
+                await pings.write(message)
+                answer = b""
+                while len(answer) < len(message):
+                    answer += await pings.read(64 - len(answer))
+                assert answer == message
+            await pings.close()
     assert got == [payload]
     assert all(t.sizes == {AIOQUIC_MAX: 1} for t in tuners), [t.sizes for t in tuners]
