@@ -220,6 +220,8 @@ class Node:
             ),
             "tunnels": [t.status() for ts in self.tunnels.values() for t in ts],
             "lending": self.tensor_server.status() if self.tensor_server else [],
+            # Since start, over all hosts: streams, refused, bytes each way, by reference.
+            "lending_totals": dict(self.tensor_server.counters) if self.tensor_server else {},
         }
 
     async def providers(self, model_id: str) -> dict[str, Any]:

@@ -125,6 +125,8 @@ def assert_split_with(
     # B says it lends memory to A.
     lending = b.status()["lending"]
     assert [entry["host"] for entry in lending] == [node_id(a)]
+    totals = b.status()["lending_totals"]
+    assert totals["streams"] >= 1 and totals["bytes_received"] > 0 and totals["bytes_sent"] > 0
     return tunnel  # type: ignore[no-any-return]
 
 
