@@ -34,9 +34,13 @@ from ._errors import ConfigError, ProtocolError
 from ._gossip import Announce, Announcement, Dead, Digest, Leaving, MeshState, MeshView, Want
 from ._invite import InviteToken, MeshCredentials
 from ._kad import MeshKad, on_disk_key, served_key
+from ._noise import PROTOCOL_ID as NOISE_ID
+from ._noise import NoiseTransport
 from ._quic_path import QuicPathTuner
 from ._streams import close_quietly
 from ._wire import FrameDecoder, encode_frame
+from ._yamux import PROTOCOL_ID as YAMUX_ID
+from ._yamux import Yamux, honour_muxer_opt
 
 log = logging.getLogger("meshp2p.mesh")
 
@@ -119,6 +123,10 @@ def mesh_host(keypair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
     host = new_host(
         key_pair=keypair,
         listen_addrs=list(listen),
+        # TCP: our Noise transport phase and yamux, the same wire protocols at a
+        # fraction of py-libp2p's CPU per frame (see _noise and _yamux).
+        sec_opt={NOISE_ID: NoiseTransport(keypair)},
+        muxer_opt={YAMUX_ID: Yamux},
         connection_config=QUICTransportConfig(
             max_connections_per_peer=1,
             # py-libp2p's 64 KiB stream window lets only four 16 KB datagrams
@@ -127,6 +135,7 @@ def mesh_host(keypair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
             connection_window=4 * QUIC_STREAM_WINDOW,
         ),
     )
+    honour_muxer_opt(host)
     host.get_network().register_notifee(QuicPathTuner())
     return host
 

@@ -1,9 +1,10 @@
-"""libp2p transport-interop test app on py-libp2p (https://github.com/libp2p/test-plans).
+"""libp2p transport-interop test app on meshp2p's host (https://github.com/libp2p/test-plans).
 
 Settings come from the environment: ``IS_DIALER`` ("true"/"false"), ``REDIS_ADDR``
 (host:port), ``TEST_KEY``, ``TRANSPORT`` ("tcp" or "quic-v1"), ``SECURE_CHANNEL``
 ("noise") and ``MUXER`` ("yamux") for tcp, optional ``LISTENER_IP`` (default 0.0.0.0)
-and ``test_timeout_seconds`` (default 180).
+and ``test_timeout_seconds`` (default 180). The host is the one a meshp2p node builds
+(``meshp2p._mesh.mesh_host``: its own Noise transport phase and yamux on TCP).
 
 The listener ``RPUSH``es its multiaddr to ``{TEST_KEY}_listener_multiaddr`` and stays up
 until it is killed (or the timeout passes). The dialer ``BLPOP``s it, dials, pings and
@@ -22,16 +23,11 @@ import time
 
 import multiaddr
 import trio
-from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
-from libp2p.custom_types import TProtocol
 from libp2p.host.ping import PingService
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from meshp2p._mesh import mesh_host
 
 
 class AppError(Exception):
@@ -139,19 +135,10 @@ def _make_host(transport: str, ip: str) -> tuple[object, list[multiaddr.Multiadd
         if muxer != "yamux":
             raise AppError(f"MUXER {muxer!r} is not supported (only yamux)")
         listen = [multiaddr.Multiaddr(f"/ip4/{ip}/tcp/0")]
-        host = new_host(
-            key_pair=key_pair,
-            listen_addrs=listen,
-            sec_opt={
-                NOISE_PROTOCOL_ID: NoiseTransport(
-                    key_pair, noise_privkey=create_new_x25519_key_pair().private_key
-                )
-            },
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        )
+        host = mesh_host(key_pair, listen)  # meshp2p's own Noise and yamux
     elif transport == "quic-v1":
         listen = [multiaddr.Multiaddr(f"/ip4/{ip}/udp/0/quic-v1")]
-        host = new_host(key_pair=key_pair, listen_addrs=listen)
+        host = mesh_host(key_pair, listen)
     else:
         raise AppError(f"TRANSPORT {transport!r} is not supported (tcp, quic-v1)")
     return host, listen
