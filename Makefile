@@ -10,7 +10,7 @@ LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
 ARGS ?=
 
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
-	bench-route bench-affinity bench-transport bench-stack bench-split interop interop-install clean
+	bench-route bench-affinity bench-transport bench-split interop interop-install clean
 
 install: $(STAMP)
 
@@ -64,7 +64,7 @@ interop: install interop-install
 
 # Benchmarks print ratios against a baseline measured in the same run and
 # write their numbers to docs/benchmarks/, which docs/performance.md quotes.
-bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-stack bench-split
+bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-split
 
 bench-gateway: install
 	$(PY) tests/bench/bench_gateway.py
@@ -80,9 +80,6 @@ bench-affinity: install
 
 bench-transport: install
 	$(PY) tests/bench/bench_transport.py
-
-bench-stack: install
-	$(PY) tests/bench/bench_stack.py
 
 bench-split: install
 	$(PY) tests/bench/bench_split.py

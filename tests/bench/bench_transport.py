@@ -1,11 +1,11 @@
 """Benchmark: the data plane's transports against raw trio TCP, all in one process on loopback.
 
 Run with ``python tests/bench/bench_transport.py``. In one run it measures, for
-raw trio TCP (the baseline), py-libp2p over TCP (noise + yamux, the default
-``new_host`` security and muxer), py-libp2p over QUIC, and "default" (two hosts
-built the way a node builds its host, listening on QUIC and TCP, the client
-dialling the server's whole address list as a node dials a peer it learned by
-gossip):
+raw trio TCP (the baseline), stock py-libp2p over TCP (its own Noise and yamux,
+for reference), a node's host over TCP (meshp2p's Noise transport phase and
+yamux), a node's host over QUIC, and "default" (two hosts built the way a node
+builds its host, listening on QUIC and TCP, the client dialling the server's
+whole address list as a node dials a peer it learned by gossip):
 
 - bulk MB/s on one stream (32 MiB in 64 KiB writes, until the receiver has it all);
 - the median round trip of a 64-byte ping-pong on one open stream;
@@ -36,6 +36,7 @@ from typing import Any
 
 import multiaddr
 import trio
+from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
@@ -54,7 +55,7 @@ SINK = TProtocol("/meshp2p/bench/sink/1")
 ECHO = TProtocol("/meshp2p/bench/echo/1")
 QUIC_ADDR = "/ip4/127.0.0.1/udp/0/quic-v1"
 TCP_ADDR = "/ip4/127.0.0.1/tcp/0"
-NAMES = ("raw-tcp", "libp2p-tcp", "libp2p-quic", "default")
+NAMES = ("raw-tcp", "stock-py-libp2p-tcp", "libp2p-tcp", "libp2p-quic", "default")
 # Longest a single bulk or concurrent transfer may take before the size is cut.
 TARGET_S = 10.0
 DEFAULT_NOTE = (
@@ -195,10 +196,13 @@ def _libp2p_stream(net_stream: Any) -> Stream:
 
 
 @asynccontextmanager
-async def libp2p(name: str, listen: list[str]) -> AsyncIterator[Endpoint]:
+async def libp2p(name: str, listen: list[str], stock: bool = False) -> AsyncIterator[Endpoint]:
     addrs = [multiaddr.Multiaddr(a) for a in listen]
-    server = mesh_host(create_new_key_pair(), addrs)
-    client = mesh_host(create_new_key_pair(), addrs)
+    if stock:  # py-libp2p as it comes (its Noise and yamux): the reference for ours
+        server, client = (new_host(create_new_key_pair(), listen_addrs=addrs) for _ in "sc")
+    else:
+        server = mesh_host(create_new_key_pair(), addrs)
+        client = mesh_host(create_new_key_pair(), addrs)
 
     async def sink(net_stream: Any) -> None:
         await serve_sink(_libp2p_stream(net_stream))
@@ -350,6 +354,7 @@ async def measure_concurrent(ep: Endpoint, row: dict[str, Any], streams: int, ea
 def endpoints() -> dict[str, Callable[[], Any]]:
     return {
         "raw-tcp": raw_tcp,
+        "stock-py-libp2p-tcp": lambda: libp2p("stock-py-libp2p-tcp", [TCP_ADDR], stock=True),
         "libp2p-tcp": lambda: libp2p("libp2p-tcp", [TCP_ADDR]),
         "libp2p-quic": lambda: libp2p("libp2p-quic", [QUIC_ADDR]),
         "default": lambda: libp2p("default", [QUIC_ADDR, TCP_ADDR]),
@@ -357,7 +362,13 @@ def endpoints() -> dict[str, Callable[[], Any]]:
 
 
 # Seconds each transport may take in all; the whole run stays under ~3 minutes.
-BUDGET_S = {"raw-tcp": 20, "libp2p-tcp": 40, "libp2p-quic": 60, "default": 60}
+BUDGET_S = {
+    "raw-tcp": 20,
+    "stock-py-libp2p-tcp": 40,
+    "libp2p-tcp": 40,
+    "libp2p-quic": 60,
+    "default": 60,
+}
 
 
 async def run_one(name: str, factory: Callable[[], Any], args: argparse.Namespace) -> dict:
