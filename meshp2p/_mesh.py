@@ -58,8 +58,8 @@ _MAX_HANDSHAKES = 32
 _LINK_BUFFER = 256
 _REDIAL_AFTER = 2.0
 _REJECTIONS_KEPT = 32
-#: QUIC per-stream receive window (py-libp2p's default is 64 KiB). Kept below
-#: py-libp2p's 2 MiB per-stream receive buffer, which drops what overflows it.
+#: QUIC per-stream receive window (py-libp2p's default). _quic_path grants it
+#: as the application reads, so a stream holds at most about two windows unread.
 QUIC_STREAM_WINDOW = 1 << 20
 _LEAVE_GRACE = 2.0
 _REAP_EVERY = 1.0
@@ -112,6 +112,16 @@ def transport_addrs(addrs: Iterable[str]) -> list[multiaddr.Multiaddr]:
     return out
 
 
+def _quic_config() -> QUICTransportConfig:
+    config = QUICTransportConfig(max_connections_per_peer=1)
+    config.STREAM_FLOW_CONTROL_WINDOW = QUIC_STREAM_WINDOW
+    config.CONNECTION_FLOW_CONTROL_WINDOW = 4 * QUIC_STREAM_WINDOW
+    # py-libp2p drops data beyond this per stream; with windows granted as the
+    # application reads (_quic_path.bound_receive_windows) it is never reached.
+    config.MAX_STREAM_RECEIVE_BUFFER = 4 * QUIC_STREAM_WINDOW
+    return config
+
+
 def mesh_host(keypair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
     """A py-libp2p host as a node builds it (QUIC and/or TCP, as ``listen`` says).
 
@@ -127,13 +137,7 @@ def mesh_host(keypair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
         # fraction of py-libp2p's CPU per frame (see _noise and _yamux).
         sec_opt={NOISE_ID: NoiseTransport(keypair)},
         muxer_opt={YAMUX_ID: Yamux},
-        connection_config=QUICTransportConfig(
-            max_connections_per_peer=1,
-            # py-libp2p's 64 KiB stream window lets only four 16 KB datagrams
-            # be in flight before the receiver's next MAX_STREAM_DATA.
-            stream_window=QUIC_STREAM_WINDOW,
-            connection_window=4 * QUIC_STREAM_WINDOW,
-        ),
+        connection_config=_quic_config(),
     )
     honour_muxer_opt(host)
     host.get_network().register_notifee(QuicPathTuner())

@@ -160,7 +160,7 @@ _INPUTS = (
 )
 
 
-def gate_sends(quic: Any) -> bool:
+def gate_sends(quic: Any, due: Any = None) -> bool:
     """Skip ``datagrams_to_send`` calls that cannot produce a datagram.
 
     py-libp2p asks aioquic for datagrams after every write, every received
@@ -170,7 +170,8 @@ def gate_sends(quic: Any) -> bool:
     to it and on its timer (ACK delay, loss detection, pacing), so a call with
     no input since the last one and before that timer would return nothing:
     answer it at once. Wraps this connection's methods (the instance, not the
-    class); False if this aioquic lacks one of them.
+    class); False if this aioquic lacks one of them. ``due()``, if given, says a
+    MAX_STREAM_DATA is owed though no aioquic method was called (the app read).
     """
     if not all(callable(getattr(quic, name, None)) for name in (*_INPUTS, "datagrams_to_send")):
         return False
@@ -180,7 +181,7 @@ def gate_sends(quic: Any) -> bool:
 
     def datagrams_to_send(now: float) -> Any:
         timer = state["timer"]
-        if not state["dirty"] and (timer is None or now < timer):
+        if not state["dirty"] and (timer is None or now < timer) and not (due and due()):
             return []
         state["dirty"] = False
         out = send(now=now)
@@ -200,6 +201,77 @@ def gate_sends(quic: Any) -> bool:
     return True
 
 
+def _consumed(muxed: Any, stream: Any) -> int:
+    """Bytes of ``stream`` the application has read (delivered minus still buffered)."""
+    mine = muxed._streams.get(stream.stream_id)
+    buffered = len(mine._receive_buffer) if mine is not None else 0
+    return int(stream.receiver.starting_offset()) - buffered
+
+
+def _window_due(muxed: Any, stream: Any, window: int) -> bool:
+    return bool(
+        stream.max_stream_data_local
+        and _consumed(muxed, stream) + window - stream.max_stream_data_local >= window // 2
+    )
+
+
+def bound_receive_windows(muxed: Any, quic: Any, window: int) -> bool:
+    """Grant a peer stream data only as the application reads it: nothing is dropped.
+
+    aioquic doubles a stream's receive window whenever the peer has sent half of
+    it, whether or not anyone read the data, and py-libp2p's QUIC stream drops
+    whatever overflows its receive buffer (2 MiB by default): a reader lagging
+    behind a fast writer loses data silently. Here MAX_STREAM_DATA is at most
+    what the application read plus ``window`` (raised once half a window was
+    read), so a stream never holds more than about two windows unread, well
+    under the buffer py-libp2p is given (``mesh_host``). False if this aioquic
+    or py-libp2p lacks what it relies on.
+    """
+    if not callable(getattr(quic, "_write_stream_limits", None)) or not isinstance(
+        getattr(muxed, "_streams", None), dict
+    ):
+        return False
+    from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY
+    from aioquic.quic.packet import QuicFrameType
+
+    def write_stream_limits(builder: Any, space: Any, stream: Any) -> None:
+        # aioquic's _write_stream_limits with the doubling replaced by consumption.
+        if _window_due(muxed, stream, window):
+            stream.max_stream_data_local = _consumed(muxed, stream) + window
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=quic._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+    quic._write_stream_limits = write_stream_limits
+    return True
+
+
+def announce_reads(muxed: Any, quic_stream: Any, window: int) -> None:
+    """Wake the connection after a read that frees half a window (to send MAX_STREAM_DATA).
+
+    py-libp2p's QUIC stream read does not touch the connection, whose loop may
+    then sleep up to its idle interval before the peer learns it may send more.
+    """
+    read = quic_stream.read
+    quic = muxed._quic
+
+    async def read_and_announce(n: int | None = None) -> bytes:
+        data: bytes = await read(n)
+        stream = quic._streams.get(quic_stream.stream_id)
+        if stream is not None and _window_due(muxed, stream, window):
+            muxed._signal_activity()
+        return data
+
+    quic_stream.read = read_and_announce
+
+
 def tune_connection(muxed: Any) -> int | None:
     """Apply :func:`datagram_size` to a py-libp2p QUIC connection; the size, or None."""
     quic = getattr(muxed, "_quic", None)
@@ -213,7 +285,18 @@ def tune_connection(muxed: Any) -> int | None:
         default=int(quic._max_datagram_size),
         peer_max=peer_max_udp_payload(quic),
     )
-    gate_sends(quic)
+    config = getattr(getattr(muxed, "_transport", None), "_config", None)
+    window = int(getattr(config, "STREAM_FLOW_CONTROL_WINDOW", 0) or 0)
+    if window and bound_receive_windows(muxed, quic, window):
+        streams = quic._streams
+
+        def due() -> bool:
+            return any(_window_due(muxed, st, window) for st in streams.values())
+
+        muxed._meshp2p_window = window
+        gate_sends(quic, due)
+    else:
+        gate_sends(quic)
     if not set_datagram_size(quic, size):
         log.debug("this aioquic does not take a datagram size per connection")
         return None
@@ -243,7 +326,11 @@ class QuicPathTuner(INotifee):
         return None
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
+        muxed = getattr(stream, "muxed_conn", None)
+        window = getattr(muxed, "_meshp2p_window", None)
+        quic_stream = getattr(stream, "muxed_stream", None)
+        if window and quic_stream is not None and hasattr(quic_stream, "stream_id"):
+            announce_reads(muxed, quic_stream, window)
 
     async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
         return None
