@@ -1,4 +1,12 @@
-"""QUIC datagram size per path: as large as the route to the peer allows.
+"""Per-connection tuning of py-libp2p's QUIC: datagram size, idle sends, read-driven windows.
+
+Three things, applied by :class:`QuicPathTuner` to every QUIC connection of a
+node's host: datagrams as large as the route to the peer allows (below),
+:func:`gate_sends` (no packet building when nothing changed) and
+:func:`bound_receive_windows` (stream data granted as the application reads
+it, so a slow reader loses nothing).
+
+Datagram size per path: as large as the route to the peer allows.
 
 py-libp2p's QUIC transport sends every datagram at one configured size (1200
 bytes, the safe minimum for any internet path), and its cost is per datagram:
