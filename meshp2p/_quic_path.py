@@ -1,10 +1,10 @@
-"""Per-connection tuning of py-libp2p's QUIC: datagram size, idle sends, read-driven windows.
+"""Per-connection tuning of py-libp2p's QUIC: datagram size, sends, windows, closes.
 
-Three things, applied by :class:`QuicPathTuner` to every QUIC connection of a
-node's host: datagrams as large as the route to the peer allows (below),
-:func:`gate_sends` (no packet building when nothing changed) and
-:func:`bound_receive_windows` (stream data granted as the application reads
-it, so a slow reader loses nothing).
+Applied by :class:`QuicPathTuner` to every QUIC connection of a node's host:
+datagrams as large as the route to the peer allows (below), :func:`gate_sends`
+(no packet building when nothing changed), :func:`bound_receive_windows`
+(stream data granted as the application reads it, so a slow reader loses
+nothing) and :func:`end_on_peer_close` (a peer's close is seen at once).
 
 Datagram size per path: as large as the route to the peer allows.
 
@@ -280,6 +280,32 @@ def announce_reads(muxed: Any, quic_stream: Any, window: int) -> None:
     quic_stream.read = read_and_announce
 
 
+def end_on_peer_close(quic: Any) -> bool:
+    """Report a peer's CONNECTION_CLOSE at once instead of after the draining period.
+
+    aioquic holds a connection the peer closed in "draining" for three probe
+    timeouts (about a second here) before it emits ConnectionTerminated, and
+    py-libp2p keeps listing the connection as open until then: a peer that
+    disconnects and dials again finds its old connection still counted (with
+    one connection per peer, the swarm then trims one of the two, sometimes the
+    new one, and the next stream fails). Nothing is sent in draining anyway, so
+    this ends it when the close arrives. False if this aioquic lacks the parts.
+    """
+    from aioquic.quic.connection import QuicConnectionState
+
+    receive = getattr(quic, "receive_datagram", None)
+    if not callable(receive) or not callable(getattr(quic, "_close_end", None)):
+        return False
+
+    def receive_datagram(data: bytes, addr: Any, now: float) -> None:
+        receive(data, addr, now=now)
+        if quic._state == QuicConnectionState.DRAINING and quic._close_at is not None:
+            quic._close_end()
+
+    quic.receive_datagram = receive_datagram
+    return True
+
+
 def tune_connection(muxed: Any) -> int | None:
     """Apply :func:`datagram_size` to a py-libp2p QUIC connection; the size, or None."""
     quic = getattr(muxed, "_quic", None)
@@ -305,6 +331,7 @@ def tune_connection(muxed: Any) -> int | None:
         gate_sends(quic, due)
     else:
         gate_sends(quic)
+    end_on_peer_close(quic)
     if not set_datagram_size(quic, size):
         log.debug("this aioquic does not take a datagram size per connection")
         return None

@@ -165,3 +165,34 @@ async def test_a_reader_that_lags_loses_nothing() -> None:
             await done.wait()
             await stream.close()
     assert bytes(got) == payload
+
+
+async def test_a_peer_that_disconnects_and_dials_again_gets_a_working_connection() -> None:
+    """Disconnect, dial again, ten times: the server sees each close at once.
+
+    Without end_on_peer_close the server kept each closed connection for about a
+    second (aioquic's draining), so they piled up and, with one connection per
+    peer, the swarm trimmed a new one and a stream on it failed.
+    """
+
+    async def echo(stream: object) -> None:
+        await stream.write(await stream.read(64))  # type: ignore[attr-defined]
+        await stream.close()  # type: ignore[attr-defined]
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
+    server = mesh_host(create_new_key_pair(), listen)
+    client = mesh_host(create_new_key_pair(), listen)
+    with trio.fail_after(60):
+        async with server.run(listen_addrs=listen), client.run(listen_addrs=listen):
+            server.set_stream_handler(ECHO, echo)
+            info = PeerInfo(server.get_id(), server.get_addrs())
+            for round_ in range(10):
+                await client.connect(info)
+                stream = await client.new_stream(server.get_id(), [ECHO])
+                await stream.write(b"%064d" % round_)
+                assert await stream.read(64) == b"%064d" % round_
+                await stream.close()
+                kept = server.get_network().get_connections_map().get(client.get_id(), [])
+                assert len(kept) == 1, f"round {round_}: the server holds {len(kept)}"
+                await client.disconnect(server.get_id())
+                await trio.sleep(0.05)
