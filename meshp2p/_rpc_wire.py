@@ -90,12 +90,14 @@ REQUEST_SIZES: Final[dict[RpcCommand, int]] = {
 SET_TENSOR and GRAPH_COMPUTE are the variable-size ones."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RpcTensor:
     """``struct rpc_tensor``: a tensor as the client describes it (296 packed bytes).
 
     ``data`` and ``buffer`` are addresses in the server's memory, ``id`` and ``src`` the
-    client's tensor pointers; ``name`` is the C string before the first NUL.
+    client's tensor pointers; ``name`` is the C string before the first NUL. The fields
+    with defaults default to a leaf tensor (no op, no sources, not a view), as a weight
+    being uploaded is.
     """
 
     id: int
@@ -103,15 +105,15 @@ class RpcTensor:
     buffer: int
     ne: tuple[int, int, int, int]
     nb: tuple[int, int, int, int]
-    op: int
-    op_params: tuple[int, ...]
-    flags: int
-    src: tuple[int, ...]
-    view_src: int
-    view_offs: int
+    op: int = 0
+    op_params: tuple[int, ...] = (0,) * 16
+    flags: int = 0
+    src: tuple[int, ...] = (0,) * 10
+    view_src: int = 0
+    view_offs: int = 0
     data: int
     name: str
-    use_count: int
+    use_count: int = 0
 
     @classmethod
     def decode(cls, raw: bytes | memoryview) -> RpcTensor:

@@ -373,15 +373,8 @@ def rpc_tensor_vectors() -> list[dict[str, Any]]:
         buffer=0x5555_0000_2000,
         ne=(16, 1, 1, 1),
         nb=(4, 64, 64, 64),
-        op=0,
-        op_params=(0,) * 16,
-        flags=0,
-        src=(0,) * 10,
-        view_src=0,
-        view_offs=0,
         data=0x7F00_0000_1000,
         name=q.name,
-        use_count=0,
     )
     # The whole tensor, as in the file; then bytes 16..63 of it, whose first and last 8
     # bytes differ from the file (the host compares in 8-byte pieces here).

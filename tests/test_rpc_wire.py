@@ -43,15 +43,8 @@ def tensor(name: str = "blk.0.attn_q.weight", data: int = 0x7F00_0000_1000) -> R
         buffer=0x5555_0000_2000,
         ne=(4096, 4096, 1, 1),
         nb=(144, 2304, 9437184, 9437184),
-        op=0,
-        op_params=(0,) * 16,
-        flags=0,
-        src=(0,) * 10,
-        view_src=0,
-        view_offs=0,
         data=data,
         name=name,
-        use_count=0,
     )
 
 

@@ -99,15 +99,8 @@ def tensor(name: str = "blk.0.attn_q.weight") -> RpcTensor:
         buffer=0x5555_0000_2000,
         ne=(512, 1, 1, 1),
         nb=(4, 2048, 2048, 2048),
-        op=0,
-        op_params=(0,) * 16,
-        flags=0,
-        src=(0,) * 10,
-        view_src=0,
-        view_offs=0,
         data=0x7F00_0000_1000,
         name=name,
-        use_count=0,
     )
 
 

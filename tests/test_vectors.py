@@ -255,25 +255,6 @@ def test_rpc_tensor_worker_hello_vector_answers_the_host_hello_vector() -> None:
     assert _tensor.answer_hello(host, node_id=host.worker, files=worker.files) == worker
 
 
-def tensor_json(t: RpcTensor) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "type": t.type,
-        "buffer": t.buffer,
-        "ne": list(t.ne),
-        "nb": list(t.nb),
-        "op": t.op,
-        "op_params": list(t.op_params),
-        "flags": t.flags,
-        "src": list(t.src),
-        "view_src": t.view_src,
-        "view_offs": t.view_offs,
-        "data": t.data,
-        "name": t.name,
-        "use_count": t.use_count,
-    }
-
-
 def fold_rpc_events(command: int, events: list[RpcEvent]) -> dict[str, Any]:
     """One command's events in the vectors' decoded form."""
     if isinstance(events[0], Hello):
@@ -284,7 +265,7 @@ def fold_rpc_events(command: int, events: list[RpcEvent]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "cmd": command,
         "size": upload.payload_length,
-        "tensor": tensor_json(upload.tensor),
+        "tensor": make_vectors.rpc_tensor_json(upload.tensor),
         "cache_flag": upload.cache_flag,
         "offset": upload.offset,
     }
