@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import multiaddr
 import pytest
 import trio
+from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
@@ -24,6 +28,21 @@ from meshp2p._quic_path import (
 
 SINK = TProtocol("/meshp2p/test/sink/1")
 ECHO = TProtocol("/meshp2p/test/echo/1")
+LISTEN = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
+
+
+@asynccontextmanager
+async def running_pair(
+    handlers: dict[TProtocol, Callable[[Any], Awaitable[None]]],
+) -> AsyncIterator[tuple[IHost, IHost]]:
+    """A server and a client host built as a node builds them, running on loopback QUIC."""
+    server = mesh_host(create_new_key_pair(), LISTEN)
+    client = mesh_host(create_new_key_pair(), LISTEN)
+    with trio.fail_after(60):
+        async with server.run(listen_addrs=LISTEN), client.run(listen_addrs=LISTEN):
+            for protocol, handler in handlers.items():
+                server.set_stream_handler(protocol, handler)
+            yield server, client
 
 
 @pytest.mark.parametrize(
@@ -96,37 +115,31 @@ async def test_hosts_send_big_datagrams_to_each_other_and_data_arrives_intact() 
         while data := await stream.read(64):  # type: ignore[attr-defined]
             await stream.write(data)  # type: ignore[attr-defined]
 
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
-    server = mesh_host(create_new_key_pair(), listen)
-    client = mesh_host(create_new_key_pair(), listen)
-    notifees = [n for h in (server, client) for n in h.get_network().notifees]  # type: ignore[attr-defined]
-    tuners = [n for n in notifees if isinstance(n, QuicPathTuner)]
-    assert len(tuners) == 2
-    with trio.fail_after(60):
-        async with server.run(listen_addrs=listen), client.run(listen_addrs=listen):
-            server.set_stream_handler(SINK, sink)
-            server.set_stream_handler(ECHO, echo)
-            await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
-            stream = await client.new_stream(server.get_id(), [SINK])
-            await stream.write(struct.pack(">Q", len(payload)))
-            for i in range(0, len(payload), 64 * 1024):
-                await stream.write(payload[i : i + 64 * 1024])
-            assert await stream.read(1) == b"K"
-            await received.wait()
-            (conn,) = client.get_network().connections[server.get_id()]
-            quic = conn.muxed_conn._quic  # type: ignore[attr-defined]
-            assert quic._max_datagram_size == AIOQUIC_MAX
-            assert "datagrams_to_send" in vars(quic)  # the send gate is on
-            await stream.close()
-            pings = await client.new_stream(server.get_id(), [ECHO])
-            for i in range(200):
-                message = b"%064d" % i
-                await pings.write(message)
-                answer = b""
-                while len(answer) < len(message):
-                    answer += await pings.read(64 - len(answer))
-                assert answer == message
-            await pings.close()
+    async with running_pair({SINK: sink, ECHO: echo}) as (server, client):
+        notifees = [n for h in (server, client) for n in h.get_network().notifees]  # type: ignore[attr-defined]
+        tuners = [n for n in notifees if isinstance(n, QuicPathTuner)]
+        assert len(tuners) == 2
+        await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
+        stream = await client.new_stream(server.get_id(), [SINK])
+        await stream.write(struct.pack(">Q", len(payload)))
+        for i in range(0, len(payload), 64 * 1024):
+            await stream.write(payload[i : i + 64 * 1024])
+        assert await stream.read(1) == b"K"
+        await received.wait()
+        (conn,) = client.get_network().connections[server.get_id()]
+        quic = conn.muxed_conn._quic  # type: ignore[attr-defined]
+        assert quic._max_datagram_size == AIOQUIC_MAX
+        assert "datagrams_to_send" in vars(quic)  # the send gate is on
+        await stream.close()
+        pings = await client.new_stream(server.get_id(), [ECHO])
+        for i in range(200):
+            message = b"%064d" % i
+            await pings.write(message)
+            answer = b""
+            while len(answer) < len(message):
+                answer += await pings.read(64 - len(answer))
+            assert answer == message
+        await pings.close()
     assert got == [payload]
     assert all(t.sizes == {AIOQUIC_MAX: 1} for t in tuners), [t.sizes for t in tuners]
 
@@ -152,18 +165,13 @@ async def test_a_reader_that_lags_loses_nothing() -> None:
             await trio.sleep(0.01)  # and reads slowly
         done.set()
 
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
-    server = mesh_host(create_new_key_pair(), listen)
-    client = mesh_host(create_new_key_pair(), listen)
-    with trio.fail_after(60):
-        async with server.run(listen_addrs=listen), client.run(listen_addrs=listen):
-            server.set_stream_handler(SINK, slow)
-            await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
-            stream = await client.new_stream(server.get_id(), [SINK])
-            for i in range(0, len(payload), 64 * 1024):
-                await stream.write(payload[i : i + 64 * 1024])
-            await done.wait()
-            await stream.close()
+    async with running_pair({SINK: slow}) as (server, client):
+        await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
+        stream = await client.new_stream(server.get_id(), [SINK])
+        for i in range(0, len(payload), 64 * 1024):
+            await stream.write(payload[i : i + 64 * 1024])
+        await done.wait()
+        await stream.close()
     assert bytes(got) == payload
 
 
@@ -179,20 +187,15 @@ async def test_a_peer_that_disconnects_and_dials_again_gets_a_working_connection
         await stream.write(await stream.read(64))  # type: ignore[attr-defined]
         await stream.close()  # type: ignore[attr-defined]
 
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
-    server = mesh_host(create_new_key_pair(), listen)
-    client = mesh_host(create_new_key_pair(), listen)
-    with trio.fail_after(60):
-        async with server.run(listen_addrs=listen), client.run(listen_addrs=listen):
-            server.set_stream_handler(ECHO, echo)
-            info = PeerInfo(server.get_id(), server.get_addrs())
-            for round_ in range(10):
-                await client.connect(info)
-                stream = await client.new_stream(server.get_id(), [ECHO])
-                await stream.write(b"%064d" % round_)
-                assert await stream.read(64) == b"%064d" % round_
-                await stream.close()
-                kept = server.get_network().get_connections_map().get(client.get_id(), [])
-                assert len(kept) == 1, f"round {round_}: the server holds {len(kept)}"
-                await client.disconnect(server.get_id())
-                await trio.sleep(0.05)
+    async with running_pair({ECHO: echo}) as (server, client):
+        info = PeerInfo(server.get_id(), server.get_addrs())
+        for round_ in range(10):
+            await client.connect(info)
+            stream = await client.new_stream(server.get_id(), [ECHO])
+            await stream.write(b"%064d" % round_)
+            assert await stream.read(64) == b"%064d" % round_
+            await stream.close()
+            kept = server.get_network().get_connections_map().get(client.get_id(), [])
+            assert len(kept) == 1, f"round {round_}: the server holds {len(kept)}"
+            await client.disconnect(server.get_id())
+            await trio.sleep(0.05)
