@@ -54,30 +54,29 @@ class PreparedRequest:
     echo: bool
     grammar: Any | None
     tools: bool
+    #: Tokens that end the answer besides end-of-generation ones: turn markers.
+    stop_tokens: frozenset[int] = frozenset()
+    #: The prompt ends in "Assistant:", so the answer's first token has a space.
+    strip_leading_space: bool = False
 
 
-# Gemma's turn format, as in the Gemma 3 instruction-tuned models' own template.
-_GEMMA_TEMPLATE = """{{ bos_token }}
-{%- if messages[0]['role'] == 'system' -%}
-{%- set prefix = messages[0]['content'] + '\n\n' -%}
-{%- set turns = messages[1:] -%}
+# Models without a chat template in their GGUF are base models, which know no
+# turn markers (gemma-3-270m answers its family's <start_of_turn> format with
+# noise and never ends a turn) but continue a plain transcript well, and the
+# transcript's next "User:" line marks where their answer ends.
+_TRANSCRIPT_TEMPLATE = """{{ bos_token }}
+{%- for m in messages -%}
+{%- if m['role'] in ('system', 'developer') -%}
+{{ m['content'] or '' }}{{ '\n\n' }}
 {%- else -%}
-{%- set prefix = '' -%}
-{%- set turns = messages -%}
+{%- set role = {'user': 'User', 'assistant': 'Assistant'}.get(m['role'], 'Tool') -%}
+{{ role }}: {{ (m['content'] or '') | trim }}{{ '\n' }}
 {%- endif -%}
-{%- for m in turns -%}
-<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}
-{{ prefix if loop.first else '' }}{{ (m['content'] or '') | trim }}<end_of_turn>
-{% endfor -%}
-{%- if add_generation_prompt %}<start_of_turn>model
-{% endif -%}"""
+{%- endfor -%}
+{%- if add_generation_prompt -%}Assistant:{%- endif -%}"""
 
-_CHATML_TEMPLATE = """{%- for m in messages -%}
-<|im_start|>{{ m['role'] }}
-{{ m['content'] or '' }}<|im_end|>
-{% endfor -%}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif -%}"""
+# Markers that make the boundary between two turns visible in a rendering.
+_PROBE = ("\x01a\x01", "\x01b\x01", "\x01c\x01")
 
 
 class Cancelled(Exception):
@@ -85,33 +84,44 @@ class Cancelled(Exception):
 
 
 class Engine:
-    """Wraps one loaded ``llama_cpp.Llama`` and generates for one request at a time."""
+    """Wraps one loaded ``llama_cpp.Llama`` and generates for one request at a time.
 
-    def __init__(self, llama: Any) -> None:
+    ``default_max_tokens`` caps requests that name no ``max_tokens`` (0: up to the
+    context), so a model that never ends its turn cannot run for minutes.
+    """
+
+    def __init__(self, llama: Any, *, default_max_tokens: int = 0) -> None:
         from llama_cpp import llama_chat_format
 
         self.llama = llama
+        self.default_max_tokens = default_max_tokens
         # llama.cpp rounds the context up to a multiple of 256, but llama-cpp-python
         # sizes its token buffer by the size asked for: the smaller one binds.
         self.n_ctx: int = min(llama.n_ctx(), len(llama.input_ids))
         meta: dict[str, str] = llama.metadata
         template = meta.get("tokenizer.chat_template")
-        self.chat_template_source = "gguf" if template else "fallback"
+        self.chat_template_source = "gguf" if template else "transcript"
         if not template:
-            # Base models often ship without a template; use their family's format
-            # (or ChatML, llama.cpp's own default) rather than refusing chat.
-            arch = meta.get("general.architecture", "")
-            template = _GEMMA_TEMPLATE if arch.startswith("gemma") else _CHATML_TEMPLATE
+            template = _TRANSCRIPT_TEMPLATE
         self.chat_template = template
         self.tools_supported = self.chat_template_source == "gguf" and "tools" in template
         eos_id, bos_id = llama.token_eos(), llama.token_bos()
         model = llama._model
+        eos = model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos = model.token_get_text(bos_id) if bos_id != -1 else ""
         self._formatter = llama_chat_format.Jinja2ChatFormatter(
-            template=template,
-            eos_token=model.token_get_text(eos_id) if eos_id != -1 else "",
-            bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
-            stop_token_ids=[eos_id],
+            template=template, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id]
         )
+        boundaries = _turn_boundaries(
+            self._formatter,
+            llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False
+            ),
+        )
+        #: Where the template starts a new turn (the next user's, or another answer's):
+        #: a model that writes one has finished its answer (see ``turn_stops``).
+        self.turn_boundaries = boundaries
+        self.turn_stop_strings, self.turn_stop_tokens = turn_stops(boundaries, llama)
 
     def prepare(self, endpoint: str, params: dict[str, Any]) -> PreparedRequest:
         """Tokenize and check a validated request; ApiError (400) when it cannot run."""
@@ -137,6 +147,7 @@ class Engine:
                 stop.append(formatted.stop)
             elif formatted.stop:
                 stop.extend(formatted.stop)
+            stop.extend(s for s in self.turn_stop_strings if s not in stop)
         else:
             prompt = params["prompt"]
             if isinstance(prompt, str):
@@ -161,7 +172,9 @@ class Engine:
             )
         room = self.n_ctx - len(tokens)
         requested = params.get("max_tokens")
-        max_tokens = room if requested is None else min(requested, room)
+        if requested is None:
+            requested = self.default_max_tokens or room
+        max_tokens = min(requested, room)
 
         grammar = None
         fmt = params.get("response_format")
@@ -194,6 +207,8 @@ class Engine:
             echo=bool(params.get("echo")),
             grammar=grammar,
             tools=has_tools,
+            stop_tokens=self.turn_stop_tokens if endpoint == "chat" else frozenset(),
+            strip_leading_space=endpoint == "chat" and self.chat_template_source == "transcript",
         )
 
     def _grammar(self, fmt: dict[str, Any]) -> Any:
@@ -247,13 +262,15 @@ class Engine:
                 if cancel.is_set():
                     reason = "cancelled"
                     break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or token in req.stop_tokens:
                     reason = "stop"
                     break
                 count += 1
                 piece = llama.detokenize([token], prev_tokens=prev[-8:])
                 prev.append(token)
                 text += decoder.decode(piece)
+                if req.strip_leading_space and count == 1 and text.startswith(" "):
+                    text = text[1:]
                 cut = _find_stop(text, req.stop, sent)
                 if cut is not None:
                     text = text[:cut]
@@ -283,6 +300,55 @@ class Engine:
             yield Delta(text[sent:])
         full = req.prompt_text + text if req.echo else text
         yield Finish(reason, len(req.prompt_tokens), count, full, calls)
+
+
+def _turn_boundaries(with_prompt: Any, without_prompt: Any) -> list[str]:
+    """What a chat template writes where a turn ends and the next begins: between an
+    answer and the next user message (Gemma: ``<end_of_turn>\\n<start_of_turn>user\\n``),
+    and its generation prompt (``\\n<start_of_turn>model\\n``), each with the newline
+    before it when the template puts one there. Empty for a template that refuses the
+    probe conversation."""
+    a, b, c = _PROBE
+    ask = [{"role": "user", "content": a}]
+    conversation = [*ask, {"role": "assistant", "content": b}, {"role": "user", "content": c}]
+    try:
+        turns = without_prompt(messages=conversation).prompt
+        asked = without_prompt(messages=ask).prompt
+        prompted = with_prompt(messages=ask).prompt
+    except Exception:  # jinja raises whatever the template author chose
+        return []
+    out = []
+    start, end = turns.find(b), turns.find(c)
+    if start != -1 and end > start:
+        out.append(turns[start + len(b) : end])
+    if prompted.startswith(asked) and len(prompted) > len(asked):
+        opening = prompted[len(asked) :]
+        out.append(("\n" if asked.endswith("\n") else "") + opening)
+    return out
+
+
+def turn_stops(boundaries: list[str], llama: Any) -> tuple[list[str], frozenset[int]]:
+    """Stop strings and stop tokens that end an answer where the template's next turn
+    would begin.
+
+    Each line of a boundary is a stop string, with the newline before it when the
+    boundary has one there (so a mid-line ``User:`` does not stop a transcript).
+    Control tokens in a boundary (Gemma's ``<start_of_turn>``, ChatML's ``<|im_end|>``
+    in a vocabulary that has them) are stop tokens: they never appear in the text.
+    """
+    import llama_cpp
+
+    strings: list[str] = []
+    control: set[int] = set()
+    vocab = llama._model.vocab
+    for boundary in boundaries:
+        for i, line in enumerate(boundary.split("\n")):
+            line = line.strip()
+            if line and (stop := ("\n" if i > 0 else "") + line) not in strings:
+                strings.append(stop)
+        tokens = llama.tokenize(boundary.encode(), add_bos=False, special=True)
+        control.update(t for t in tokens if llama_cpp.llama_vocab_is_control(vocab, t))
+    return strings, frozenset(control)
 
 
 _CALL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")

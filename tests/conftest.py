@@ -47,15 +47,20 @@ You may call these tools:
 def tool_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model with a tool-capable template: a second, different model id."""
     out = tmp_path_factory.mktemp("tool-model") / "gemma-tools-q4_k_m.gguf"
+    return with_chat_template(model_path, out, TEMPLATE)
+
+
+def with_chat_template(model: Path, out: Path, template: str) -> Path:
+    """A copy of ``model`` at ``out`` whose GGUF carries ``template`` (gguf's own tool)."""
     subprocess.run(
         [
             sys.executable,
             "-m",
             "gguf.scripts.gguf_new_metadata",
-            str(model_path),
+            str(model),
             str(out),
             "--chat-template",
-            TEMPLATE,
+            template,
             "--force",
         ],
         check=True,

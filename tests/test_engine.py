@@ -8,6 +8,7 @@ from typing import Any
 
 import llama_cpp
 import pytest
+from conftest import with_chat_template
 
 from meshp2p._engine import Cancelled, Delta, Engine, Finish, PreparedRequest
 from meshp2p._models import ModelStore
@@ -199,8 +200,24 @@ def test_max_tokens_larger_than_the_room_left_is_clamped(small_engine: Engine) -
     assert "".join(d.text for d in deltas) == finish.text
 
 
-def test_no_max_tokens_means_the_rest_of_the_context(small_engine: Engine) -> None:
+def test_no_max_tokens_and_no_default_means_the_rest_of_the_context(small_engine: Engine) -> None:
     prepared = small_engine.prepare("chat", {"messages": [{"role": "user", "content": "hi"}]})
+    assert small_engine.default_max_tokens == 0
+    assert prepared.max_tokens == 256 - len(prepared.prompt_tokens)
+
+
+def test_no_max_tokens_gets_the_default_cap(engine: Engine) -> None:
+    capped = Engine(engine.llama, default_max_tokens=100)
+    prepared = capped.prepare("completion", {"prompt": "Once upon a time"})
+    assert prepared.max_tokens == 100
+    # An explicit max_tokens is the client's to choose, above the default too.
+    prepared = capped.prepare("completion", {"prompt": "Once upon a time", "max_tokens": 300})
+    assert prepared.max_tokens == 300
+
+
+def test_default_cap_never_exceeds_the_room_left(small_engine: Engine) -> None:
+    capped = Engine(small_engine.llama, default_max_tokens=100_000)
+    prepared = capped.prepare("chat", {"messages": [{"role": "user", "content": "hi"}]})
     assert prepared.max_tokens == 256 - len(prepared.prompt_tokens)
 
 
@@ -239,8 +256,8 @@ def test_empty_token_prompt_is_rejected(engine: Engine) -> None:
     assert (info.value.status, info.value.param) == (400, "prompt")
 
 
-def test_chat_uses_the_gemma_fallback_template(engine: Engine) -> None:
-    assert engine.chat_template_source == "fallback"
+def test_chat_without_a_template_uses_a_transcript(engine: Engine) -> None:
+    assert engine.chat_template_source == "transcript"
     assert engine.tools_supported is False
     messages = [
         {"role": "system", "content": "Be brief."},
@@ -250,17 +267,36 @@ def test_chat_uses_the_gemma_fallback_template(engine: Engine) -> None:
     ]
     prepared = engine.prepare("chat", {"messages": messages})
     assert prepared.prompt_text == (
-        "<bos><start_of_turn>user\nBe brief.\n\nSay hi<end_of_turn>\n"
-        "<start_of_turn>model\nHi<end_of_turn>\n"
-        "<start_of_turn>user\nAgain<end_of_turn>\n"
-        "<start_of_turn>model\n"
+        "<bos>Be brief.\n\nUser: Say hi\nAssistant: Hi\nUser: Again\nAssistant:"
     )
+
+
+def test_transcript_turns_end_the_answer(engine: Engine) -> None:
+    assert engine.turn_stop_strings == ["\nUser:", "\nAssistant:"]
+    prepared = engine.prepare("chat", {"messages": [{"role": "user", "content": "hi"}]})
+    assert {"\nUser:", "\nAssistant:"} <= set(prepared.stop)
+
+
+def test_base_model_chat_ends_at_the_next_turn(engine: Engine) -> None:
+    """The README's first chat: no max_tokens, and the base model ends its answer."""
+    params = {"messages": [{"role": "user", "content": "hello"}], "temperature": 0}
+    _, deltas, finish = run(engine, "chat", params)
+    assert finish.reason == "stop"
+    assert finish.completion_tokens < 50
+    assert "User:" not in finish.text and "Assistant:" not in finish.text
+    assert not finish.text.startswith(" ")  # the space after "Assistant:" is the format's
+    assert "".join(d.text for d in deltas) == finish.text
+
+
+def test_completions_have_no_turn_stops(engine: Engine) -> None:
+    prepared = engine.prepare("completion", {"prompt": "User: hi\nAssistant:"})
+    assert prepared.stop == [] and prepared.stop_tokens == frozenset()
 
 
 def test_chat_prompt_has_exactly_one_bos_token(engine: Engine) -> None:
     prepared = engine.prepare("chat", {"messages": [{"role": "user", "content": "hi"}]})
     bos = engine.llama.token_bos()
-    assert prepared.prompt_text.startswith("<bos><start_of_turn>user\n")
+    assert prepared.prompt_text.startswith("<bos>User: hi")
     assert prepared.prompt_tokens[0] == bos
     assert prepared.prompt_tokens.count(bos) == 1
 
@@ -304,3 +340,50 @@ def test_a_seed_gives_the_same_text_whatever_the_cache_holds(engine: Engine) -> 
         assert isinstance(finish, Finish)
         texts.append(finish.text)
     assert len(set(texts)) == 1, texts
+
+
+# Gemma's instruction-tuned turn format: its markers are control tokens of the vocabulary.
+GEMMA_TEMPLATE = """{{ bos_token }}{% for m in messages %}<start_of_turn>\
+{{ 'model' if m['role'] == 'assistant' else 'user' }}
+{{ m['content'] | trim }}<end_of_turn>
+{% endfor %}{% if add_generation_prompt %}<start_of_turn>model
+{% endif %}"""
+
+
+@pytest.fixture(scope="module")
+def gemma_turns(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """The default model with Gemma's turn template in its GGUF, as instruct models ship."""
+    out = tmp_path_factory.mktemp("gemma-turns") / "gemma-turns.gguf"
+    return Engine(_load(with_chat_template(gemma_path, out, GEMMA_TEMPLATE), 512))
+
+
+def test_turn_markers_that_are_control_tokens_stop_generation(gemma_turns: Engine) -> None:
+    llama = gemma_turns.llama
+    start, end = (
+        llama.tokenize(marker, add_bos=False, special=True)[0]
+        for marker in (b"<start_of_turn>", b"<end_of_turn>")
+    )
+    assert gemma_turns.chat_template_source == "gguf"
+    assert gemma_turns.turn_stop_tokens == {start, end}
+    # <start_of_turn> is no end-of-generation token: only the turn stop ends the answer.
+    assert not llama_cpp.llama_vocab_is_eog(llama._model.vocab, start)
+    params = {
+        "messages": [{"role": "user", "content": "hello"}],
+        "temperature": 0,
+        "max_tokens": 20,
+        "logit_bias": {str(start): 100},
+    }
+    _, deltas, finish = run(gemma_turns, "chat", params)
+    assert (finish.reason, finish.text, finish.completion_tokens) == ("stop", "", 0)
+    assert deltas == []
+
+
+def test_turn_markers_written_as_text_are_stop_strings(tool_model: Path) -> None:
+    """A ChatML template over a vocabulary without ChatML tokens: the markers are text."""
+    engine = Engine(_load(tool_model, 512))
+    assert engine.turn_stop_tokens == frozenset()
+    assert engine.turn_stop_strings == [
+        "<|im_end|>",
+        "\n<|im_start|>user",
+        "\n<|im_start|>assistant",
+    ]
