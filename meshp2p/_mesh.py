@@ -171,6 +171,7 @@ class MeshService:
         heartbeat_interval: float = 5.0,
         dead_after: float = 12.0,
         client: bool = False,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.keypair = keypair
         self.credentials = credentials
@@ -182,6 +183,8 @@ class MeshService:
         self.dead_after = dead_after
         #: A passive client authenticates but takes no part in gossip or the DHT.
         self.client = client
+        #: Called when the view changes: a node appeared, changed or went.
+        self.on_change = on_change
         self.peer_id = ID.from_pubkey(keypair.public_key)
         self.node_id = self.peer_id.to_base58()
         self.state = MeshState(credentials.mesh_id)
@@ -362,11 +365,28 @@ class MeshService:
     def _reject(self, peer: ID, reason: str) -> None:
         self.rejections.append({"peer": str(peer), "reason": reason, "at": time.time()})
 
+    def drop(self, peer: ID) -> None:
+        """Forget a member that stopped answering: the next ``connect`` dials it anew."""
+        if peer in self.members:
+            self._forget(peer)
+
     def _forget(self, peer: ID) -> None:
+        """Drop a member that left or died: its link, and its connection, which a dead
+        peer's QUIC would otherwise keep open until its idle timeout."""
         self.members.pop(peer, None)
         link = self._links.pop(peer, None)
         if link is not None:
             link.send.close()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._hang_up, peer)
+        self.on_change()
+
+    async def _hang_up(self, peer: ID) -> None:
+        with trio.move_on_after(_DIAL_TIMEOUT):
+            try:
+                await self.host.disconnect(peer)
+            except Exception as exc:
+                log.debug("closing the connection to %s: %r", peer, exc)
 
     async def _join_bootstrap(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         """Dial a bootstrap peer until it admits us (it may start later)."""
@@ -670,6 +690,7 @@ class MeshService:
             if self.state.apply_announcement(ann, now):
                 self._broadcast(encode_frame(message.to_map()), skip=sender)
                 self._connect_to_known(now)
+                self.on_change()
         elif isinstance(message, Digest):
             if link is None:
                 return

@@ -44,6 +44,8 @@ _TABLE_TIMEOUT = 3.0
 _SOURCE_PENALTY = 30.0
 _PING_INTERVAL = 1.0
 _PING_FAILURES = 2
+#: Hosts a passive client pings per interval, to notice a dead one before the mesh does.
+_CHECKED_HOSTS = 8
 
 
 class _HostSilent(Exception):
@@ -295,15 +297,34 @@ class RemoteUpstream:
 
 
 class RoutingTableClient:
-    """A passive client's view of who serves what, refreshed from a host."""
+    """A passive client's view of who serves what, refreshed from a host.
 
-    def __init__(self, mesh: MeshService, interval: float) -> None:
+    Every interval it asks one host for the table (the one that answered last, else
+    the next), and pings a few of the table's hosts. A host that fails either
+    is left out of ``hosts`` (and of routing) until it answers again, so a dead host
+    goes from the client within about an interval plus a timeout, without waiting
+    for the mesh to declare it dead and the table to say so.
+    """
+
+    def __init__(
+        self, mesh: MeshService, interval: float, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self.mesh = mesh
         self.interval = interval
+        #: Called when the hosts change: a new table, or a host stopped answering.
+        self.on_change = on_change
         self.table = _route.RoutingTable(0, ())
         self.source: str | None = None
         self._failed: dict[str, float] = {}
         self._refresh = trio.Event()
+
+    @property
+    def hosts(self) -> tuple[_route.HostEntry, ...]:
+        """The table's hosts, less those that stopped answering us lately."""
+        return tuple(h for h in self.table.hosts if not self._unreachable(h.node_id))
+
+    def _unreachable(self, node_id: str) -> bool:
+        return trio.current_time() - self._failed.get(node_id, -1e9) < _SOURCE_PENALTY
 
     def refresh_soon(self) -> None:
         self._refresh.set()
@@ -322,13 +343,28 @@ class RoutingTableClient:
             addrs.setdefault(addr.rsplit("/p2p/", 1)[1], []).extend(transport_addrs([addr]))
         for host in self.table.hosts:
             addrs.setdefault(host.node_id, []).extend(transport_addrs(host.addrs))
-        now = trio.current_time()
 
         def rank(node: str) -> tuple[bool, bool]:
-            failed = now - self._failed.get(node, -1e9) < _SOURCE_PENALTY
-            return failed, node != self.source
+            return self._unreachable(node), node != self.source
 
         return [(ID.from_base58(node), addrs[node]) for node in sorted(addrs, key=rank)]
+
+    def _answered(self, node_id: str) -> None:
+        if self._failed.pop(node_id, None) is not None:
+            self.on_change()
+
+    def _silent(self, peer: ID) -> None:
+        """``peer`` did not answer: hide it, and forget its connection (a dead QUIC
+        peer's would stay open until its idle timeout, and look connected)."""
+        node_id = peer.to_base58()
+        hidden = not self._unreachable(node_id)
+        self._failed[node_id] = trio.current_time()
+        if self.source == node_id:
+            self.source = None
+        self.mesh.drop(peer)
+        if hidden and any(h.node_id == node_id for h in self.table.hosts):
+            log.info("host %s stopped answering; routing around it", node_id)
+            self.on_change()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -336,13 +372,35 @@ class RoutingTableClient:
             for peer, addrs in self._sources():
                 if await self._fetch(peer, addrs):
                     self.source = peer.to_base58()
+                    self._answered(self.source)
                     break
-                self._failed[peer.to_base58()] = trio.current_time()
-                if self.source == peer.to_base58():
-                    self.source = None
+                self._silent(peer)
+            await self._check_hosts()
             with trio.move_on_after(self.interval):
                 await self._refresh.wait()
             self._refresh = trio.Event()
+
+    async def _check_hosts(self) -> None:
+        """Ping the table's hosts (those we hold connections to first, at most
+        ``_CHECKED_HOSTS``): a killed host is noticed within about an interval,
+        whichever host gave us the table and whether or not we route to it."""
+        network = self.mesh.host.get_network()
+        hosts = [h for h in self.table.hosts if h.node_id != self.source]
+        hosts.sort(key=lambda h: not network.get_connections(ID.from_base58(h.node_id)))
+
+        async def check(host: _route.HostEntry) -> None:
+            peer = ID.from_base58(host.node_id)
+            with trio.move_on_after(_TABLE_TIMEOUT):
+                if await self.mesh.connect(peer, transport_addrs(host.addrs)):
+                    for _ in range(_PING_FAILURES):
+                        if await self.mesh.ping(peer, _PING_INTERVAL):
+                            self._answered(host.node_id)
+                            return
+            self._silent(peer)
+
+        async with trio.open_nursery() as nursery:
+            for host in hosts[:_CHECKED_HOSTS]:
+                nursery.start_soon(check, host)
 
     async def _fetch(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> bool:
         exchange = _route.RouteClientExchange(_route.TableRequest(self.table.version))
@@ -364,11 +422,14 @@ class RoutingTableClient:
             log.info("routing table from %s failed: %r", peer, exc)
             return False
         if exchange.table is not None:
-            if exchange.table.version != self.table.version:
+            changed = exchange.table.version != self.table.version
+            if changed:
                 log.info(
                     "routing table %d: %d hosts", exchange.table.version, len(exchange.table.hosts)
                 )
             self.table = exchange.table
+            if changed:
+                self.on_change()
         return exchange.state is _route.ClientState.DONE
 
 

@@ -95,6 +95,17 @@ def test_four_nodes_form_a_mesh_and_notice_leaving_dying_and_returning(
             f"{name} to declare the killed node dead",
         )
     assert time.monotonic() - killed < 15
+    # Its connections go with it (a dead QUIC peer's would linger until an idle timeout).
+    for name in "ab":
+        wait_until(
+            lambda n=nodes[name]: ids["c"] not in {c["peer"] for c in n.status()["connections"]},
+            5,
+            f"{name} to close its connection to the dead node",
+        )
+    # At the default log level a death is one line of ours, not py-libp2p's stream errors.
+    for name in "ab":
+        foreign = [ln for ln in nodes[name].stderr_lines if " meshp2p." not in ln]
+        assert foreign == [], f"{name} printed: {foreign}"
 
     # Restarted with the same home, it comes back with the same id.
     c2 = start(["--join", token, *LOOPBACK], home=homes["c"]).wait_started()

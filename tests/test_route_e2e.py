@@ -173,3 +173,46 @@ def test_model_whose_only_host_died_is_503_then_404_for_unknown(
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert DEFAULT in str(missing.value)
+
+
+def test_client_drops_the_killed_host_it_polls_and_learns_new_hosts(
+    start_node: object, model_path: Path
+) -> None:
+    """The client's table host is killed; the client moves on by its own checks.
+
+    The hosts wait 30 s before they declare a silent peer dead: the client must not
+    wait for the mesh (and a table refresh) to learn of the death.
+    """
+    start = start_node  # type: ignore[assignment]
+    slow = ["--dead-after", "30"]
+    a: NodeProcess = start(["--model", str(model_path), *slow]).wait_ready()
+    b: NodeProcess = start(["--join", invite(a), "--model", str(model_path), *slow]).wait_ready()
+    c: NodeProcess = start(["--join", invite(a), "--client"]).wait_started()
+    wait_until(lambda: len(listed_models(c).get(DEFAULT, [])) == 2, 30, "the client to see both")
+    assert c.status()["peers"] and node_id(a) in {p["id"] for p in c.status()["peers"]}
+
+    a.kill()  # SIGKILL: no goodbye; A was the client's bootstrap and table source
+    killed = time.monotonic()
+    # Within the default death bound of the mesh (15 s).
+    wait_until(
+        lambda: listed_models(c).get(DEFAULT) == [node_id(b)],
+        15,
+        "the client to drop the killed host",
+        describe=lambda: f"listed {listed_models(c)}; peers {c.status()['peers']}",
+    )
+    assert time.monotonic() - killed < 15
+    assert node_id(a) not in {p["id"] for p in c.status()["peers"]}
+    client = openai.OpenAI(base_url=c.api_url, api_key="x", max_retries=0, timeout=30)
+    for i in range(3):
+        reply = client.chat.completions.create(
+            model=DEFAULT, messages=[{"role": "user", "content": f"Number {i}?"}], max_tokens=4
+        )
+        assert reply.choices[0].message.content is not None
+
+    # A host that joins through another member reaches the client's table too.
+    d: NodeProcess = start(["--join", invite(b), "--model", str(model_path), *slow]).wait_ready()
+    wait_until(
+        lambda: node_id(d) in listed_models(c).get(DEFAULT, []),
+        20,
+        "the client to learn the new host",
+    )
