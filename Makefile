@@ -8,9 +8,12 @@ STAMP := $(VENV)/.meshp2p-installed
 LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
 # Arguments for `make run`, e.g. make run ARGS="--model path/to/model.gguf"
 ARGS ?=
+# `make run` serves the default model unless ARGS names what to serve.
+DEFAULT_MODEL := gemma-3-270m-Q4_K_M
+RUN_MODEL := $(if $(filter --model --model=% --client --standby,$(ARGS)),,--model $(DEFAULT_MODEL))
 
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
-	bench-route bench-affinity bench-transport bench-split interop interop-install clean
+	bench-route bench-affinity bench-transport bench-split bench-threads interop interop-install clean
 
 install: $(STAMP)
 
@@ -22,17 +25,17 @@ $(STAMP): pyproject.toml Makefile
 	@echo "installing meshp2p (the first time this builds llama-cpp-python with RPC: ~4 min on 2 cores)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[dev]'
 	@# pip's wheel cache does not know CMAKE_ARGS: if a cached wheel lacks RPC, rebuild it.
-	@$(PY) -m meshp2p._llamacpp || { \
+	@$(VENV)/bin/meshp2p doctor || { \
 		echo "rebuilding llama-cpp-python with $(LLAMA_CMAKE_ARGS)"; \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --no-cache-dir \
-			--force-reinstall --no-deps llama-cpp-python==0.3.36 && $(PY) -m meshp2p._llamacpp; }
+			--force-reinstall --no-deps llama-cpp-python==0.3.36 && $(VENV)/bin/meshp2p doctor; }
 	@# trio ships its own types; the stale stubs of trio-typing (a py-libp2p
 	@# dependency, needed at run time) would shadow them for mypy.
 	@rm -rf $(VENV)/lib/python*/site-packages/trio-stubs
 	@touch $(STAMP)
 
 run: install
-	$(VENV)/bin/meshp2p node $(ARGS)
+	$(VENV)/bin/meshp2p node $(RUN_MODEL) $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check meshp2p cli tests interop protocols
@@ -64,7 +67,8 @@ interop: install interop-install
 
 # Benchmarks print ratios against a baseline measured in the same run and
 # write their numbers to docs/benchmarks/, which docs/performance.md quotes.
-bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-split
+bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-split \
+	bench-threads
 
 bench-gateway: install
 	$(PY) tests/bench/bench_gateway.py
@@ -83,6 +87,9 @@ bench-transport: install
 
 bench-split: install
 	$(PY) tests/bench/bench_split.py
+
+bench-threads: install
+	$(PY) tests/bench/bench_threads.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache interop/node_modules interop/.deps

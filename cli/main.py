@@ -15,7 +15,7 @@ import trio
 from meshp2p import MeshError, Node, NodeConfig, format_size, parse_size
 from meshp2p._mesh import DEFAULT_LISTEN
 from meshp2p._models import ModelStore, default_home, load_catalog
-from meshp2p._node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT
+from meshp2p._node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, DEFAULT_MAX_TOKENS
 from meshp2p._progress import ProgressBar
 
 
@@ -26,32 +26,54 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options every command takes, before or after its name (``meshp2p node --home D``).
+
+    A subcommand's own defaults would overwrite what was given before its name, so
+    there they are left unset (SUPPRESS) and only the top-level parser has them.
+    """
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=default(None),
+        help="node home: key, models, logs (default $MESHP2P_HOME or ~/.meshp2p)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default(os.environ.get("MESHP2P_LOG_LEVEL", "WARNING")),
+        help="DEBUG, INFO, WARNING (default) or ERROR",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshp2p",
         description="Peer-to-peer LLM inference mesh with an OpenAI-compatible API.",
     )
-    parser.add_argument(
-        "--home",
-        type=Path,
-        default=None,
-        help="node home: key, models, logs (default $MESHP2P_HOME or ~/.meshp2p)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("MESHP2P_LOG_LEVEL", "WARNING"),
-        help="DEBUG, INFO, WARNING (default) or ERROR",
-    )
+    _global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    node = sub.add_parser("node", help="run a node serving models over an OpenAI API")
+    node = sub.add_parser(
+        "node", parents=[common], help="run a node serving models over an OpenAI API"
+    )
     node.add_argument(
         "--model",
         action="append",
         default=[],
         metavar="MODEL",
-        help="a .gguf path, a file in the model store, or a catalog name "
-        "(repeatable; default: the default model)",
+        help="a .gguf path, a file in the model store, or a catalog name (repeatable; "
+        "default: what this home served last, else the default model for a new mesh)",
+    )
+    node.add_argument(
+        "--standby",
+        action="store_true",
+        help="serve no model this time, whatever this home served before: offer memory only",
     )
     node.add_argument(
         "--host", default="127.0.0.1", help="API address (default 127.0.0.1: this machine only)"
@@ -73,9 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="llama.cpp threads per model (default: the cores, shared)",
+        help="llama.cpp threads per model (default: the cores but one, shared by the models; "
+        "see docs/performance.md)",
+    )
+    node.add_argument(
+        "--threads-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads per model for prompt evaluation (default: as --threads)",
     )
     node.add_argument("--ctx-size", type=int, default=4096, help="context tokens per model")
+    node.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        metavar="N",
+        help=f"tokens generated for a request without max_tokens (default {DEFAULT_MAX_TOKENS}; "
+        "0: up to the context)",
+    )
     node.add_argument(
         "--max-vram",
         type=_size,
@@ -132,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="silence after which a peer is declared dead (default 12)",
     )
 
-    sub.add_parser("models", help="list the models in the store and the catalog")
+    sub.add_parser("models", parents=[common], help="list the models in the store and the catalog")
+    sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the installation: llama.cpp and its RPC backend (needed for splits)",
+    )
     return parser
 
 
@@ -198,15 +241,16 @@ def _list_models(home: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.log_level)
     home = args.home or default_home()
     try:
         if args.command == "models":
             _list_models(home)
             return
+        if args.command == "doctor":
+            from meshp2p._llamacpp import main as check_llamacpp
+
+            sys.exit(check_llamacpp())
         config = NodeConfig(
             home=home,
             models=tuple(args.model),
@@ -215,12 +259,15 @@ def main(argv: list[str] | None = None) -> None:
             console_host=args.console_host,
             console_port=args.console_port,
             threads=args.threads,
+            threads_batch=args.threads_batch,
             ctx_size=args.ctx_size,
+            default_max_tokens=args.default_max_tokens,
             max_vram=args.max_vram,
             max_body=args.max_body,
             max_queue=args.max_queue,
             join=args.join,
             client=args.client,
+            standby=args.standby,
             prefix_affinity=args.prefix_affinity,
             heartbeat_interval=args.heartbeat_interval,
             dead_after=args.dead_after,
@@ -237,6 +284,27 @@ def main(argv: list[str] | None = None) -> None:
         _fail(expected)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _configure_logging(level: str) -> None:
+    """Our loggers at ``level``; py-libp2p's only at DEBUG.
+
+    py-libp2p logs every failed stream and DHT message at WARNING or ERROR (a peer
+    that died makes dozens); the mesh layer says what matters in one line of its own.
+    """
+    try:
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    except ValueError:
+        _fail(MeshError(f"--log-level {level!r} is not one of DEBUG, INFO, WARNING, ERROR"))
+    libp2p = logging.getLogger("libp2p")
+    debug = logging.getLogger().level <= logging.DEBUG
+    libp2p.handlers.clear()
+    libp2p.propagate = debug
+    libp2p.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
 
 
 def _first_mesh_error(group: BaseExceptionGroup[BaseException]) -> MeshError | None:

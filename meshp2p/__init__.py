@@ -5,7 +5,9 @@
     async def main():
         async with trio.open_nursery() as nursery:
             node = await nursery.start(meshp2p.Node(meshp2p.NodeConfig()).run)
+            await node.wait_ready()  # its models are loaded
             print(node.api_url)  # an OpenAI-compatible API
+            node.stop()
 
 Everything importable from this package root is public; modules whose names
 start with ``_`` may change without notice.

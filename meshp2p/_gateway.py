@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +60,6 @@ class Gateway:
         self.router = router
         self.node_id = node_id
         self.max_body = max_body
-        self.started = int(time.time())
         self._routes: dict[str, dict[str, Callable[..., Any]]] = {
             "/v1/models": {"GET": self._models},
             "/v1/chat/completions": {"POST": self._chat},
@@ -105,7 +103,9 @@ class Gateway:
         return {
             "id": model,
             "object": "model",
-            "created": self.started,
+            # Every node must list a model alike, and no time is common to them all
+            # (each loaded its own copy whenever it started): 0, "unknown".
+            "created": 0,
             "owned_by": "meshp2p",
             "meshp2p": {"state": entry["state"], "nodes": entry["nodes"]},
         }

@@ -1,6 +1,6 @@
 """Facts about the installed llama-cpp-python build, and its llama.cpp RPC backend.
 
-Run ``python -m meshp2p._llamacpp`` to check the build: meshp2p needs the
+Run ``meshp2p doctor`` to check the build: meshp2p needs the
 llama.cpp RPC backend (``-DGGML_RPC=ON``) to split models across nodes.
 
 Splitting a model's layers (``docs/rpc-notes.md`` has the measurements): in the
@@ -344,7 +344,3 @@ def main() -> int:
         return 1
     print(f"llama.cpp RPC backend: {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,6 +32,7 @@ from ._gateway import DEFAULT_MAX_BODY, Gateway
 from ._gguf import GgufLayout, read_layout
 from ._gossip import MeshView
 from ._gossip import ModelFile as AnnouncedModel
+from ._home import HomeLock, remember_models, remembered_models
 from ._identity import load_or_create_key, peer_id
 from ._invite import (
     InviteToken,
@@ -60,6 +61,9 @@ log = logging.getLogger("meshp2p.node")
 
 DEFAULT_API_PORT = 9337
 DEFAULT_CONSOLE_PORT = 3131
+#: A request without max_tokens stops here: long enough for most answers, short enough
+#: that a model that never ends its turn cannot hold a worker for minutes.
+DEFAULT_MAX_TOKENS = 2048
 #: A worker whose tunnel failed is left out of plans until it announces anew (it
 #: restarted) or this long has passed.
 WORKER_FAILURE_S = 60.0
@@ -86,9 +90,14 @@ class NodeConfig:
     api_port: int = DEFAULT_API_PORT
     console_host: str = "127.0.0.1"
     console_port: int = DEFAULT_CONSOLE_PORT
-    #: llama.cpp threads per model; None shares the machine's cores among them.
+    #: llama.cpp threads per model for generation and for prompts; None shares the
+    #: machine's cores among the models (``default_threads``). ``threads_batch``
+    #: defaults to ``threads`` when only that is given.
     threads: int | None = None
+    threads_batch: int | None = None
     ctx_size: int = 4096
+    #: Tokens generated for a request without max_tokens (0: up to the context).
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_body: int = DEFAULT_MAX_BODY
     #: Memory this node offers (bytes); None means what the machine has.
     max_vram: int | None = None
@@ -103,6 +112,8 @@ class NodeConfig:
     dead_after: float = 12.0
     #: A passive client: API only, no model, no gossip; needs ``join``.
     client: bool = False
+    #: Serve no model this time, whatever the home served before: offer memory only.
+    standby: bool = False
     #: Send requests whose prompts start the same to the same host (KV cache reuse).
     prefix_affinity: bool = True
 
@@ -113,12 +124,19 @@ class NodeConfig:
                 raise ConfigError(f"{name.replace('_', ' ')} {port} is not a port number")
         if self.threads is not None and self.threads < 1:
             raise ConfigError("threads must be at least 1")
+        if self.threads_batch is not None and self.threads_batch < 1:
+            raise ConfigError("prompt threads must be at least 1")
         if self.ctx_size < 64:
             raise ConfigError("context size must be at least 64 tokens")
+        if self.default_max_tokens < 0:
+            raise ConfigError("default max tokens must be 0 (up to the context) or more")
         if self.client and self.join is None:
             raise ConfigError("--client needs --join TOKEN: a client joins an existing mesh")
         if self.client and self.models:
             raise ConfigError("--client serves no model; drop --model or --client")
+        if self.standby and (self.models or self.client):
+            other = "--client" if self.client else "--model"
+            raise ConfigError(f"--standby serves no model; drop {other} or --standby")
         if not 0 < self.heartbeat_interval < self.dead_after:
             raise ConfigError("the heartbeat interval must be positive and below dead-after")
 
@@ -128,6 +146,8 @@ class Node:
 
     def __init__(self, config: NodeConfig, *, progress: ProgressFactory | None = None) -> None:
         self.config = config
+        # First: a second node on this home must not touch its key or mesh.
+        self._home_lock = HomeLock(config.home)
         self.progress = progress
         self.store = ModelStore(config.home)
         self.keypair = load_or_create_key(config.home)
@@ -149,6 +169,7 @@ class Node:
         self.tunnels: dict[str, list[TensorTunnel]] = {}
         self._failed_workers: dict[str, tuple[int, float]] = {}  # id -> (seq, at)
         self._stopping = trio.Event()
+        self._changed = trio.Event()
         self._started = time.time()
         self.credentials, self.bootstrap, self.new_mesh = self._mesh_membership()
 
@@ -178,10 +199,36 @@ class Node:
         node stops answering.
         """
         self._stopping.set()
+        self._notify()
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    async def wait_ready(self, model: str | None = None) -> None:
+        """Wait until this node's API can answer; bound it with ``trio.fail_after``.
+
+        With ``model``: until some node of the mesh (this one or another) serves it
+        ready. Without: until every model this node serves is ready, or, for a node
+        that serves none (standby, client), until the mesh serves some model.
+        ``MeshError`` if the node stops first.
+        """
+        while not self._ready(model):
+            if self.stopping:
+                raise MeshError("the node stopped before it was ready")
+            await self._changed.wait()
+
+    def _ready(self, model: str | None) -> bool:
+        if self.router is None or self.api_url is None or self.stopping:
+            return False
+        if model is None and self.workers:
+            return all(w.state == "ready" for w in self.workers)
+        return self.router.ready(model)
+
+    def _notify(self) -> None:
+        """Something ``wait_ready`` looks at changed: a worker, the mesh, the table."""
+        self._changed.set()
+        self._changed = trio.Event()
 
     def view(self) -> MeshView:
         """An immutable snapshot of the mesh (this node included) for placement and routing."""
@@ -251,7 +298,7 @@ class Node:
                     "models_served": list(h.models),
                     "inflight": h.inflight,
                 }
-                for h in self.table.table.hosts
+                for h in self.table.hosts
             ]
         return self.mesh.peers_status(trio.current_time()) if self.mesh else []
 
@@ -283,14 +330,31 @@ class Node:
     def resolve_models(self) -> list[ModelFile]:
         """The model files to serve; may assemble or download (blocking).
 
-        A node that joins a mesh without ``--model`` serves nothing and offers
-        its memory; only a node that starts a new mesh falls back to the default.
+        ``--model`` names them. Without it a node serves what its home served last;
+        a home that never ran a node serves the default model when it starts a new
+        mesh, and nothing (standby, offering its memory) when it joins one.
         """
-        if not self.config.models:
-            if not self.new_mesh:
-                return []
-            return [self.store.ensure_default(progress=self.progress)]
-        files = [self.store.resolve(spec, progress=self.progress) for spec in self.config.models]
+        cfg = self.config
+        if cfg.client or cfg.standby:
+            return []
+        specs = list(cfg.models)
+        remembered = False
+        if not specs:
+            last = remembered_models(cfg.home)
+            if last is None:
+                return [self.store.ensure_default(progress=self.progress)] if self.new_mesh else []
+            specs, remembered = last, True
+        files = []
+        for spec in specs:
+            try:
+                files.append(self.store.resolve(spec, progress=self.progress))
+            except MeshError as exc:
+                if not remembered:
+                    raise
+                raise ConfigError(
+                    f"this node served {spec} before, but cannot now: {exc}; "
+                    "name the models with --model, or pass --standby"
+                ) from None
         ids = [f.id for f in files]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -298,6 +362,17 @@ class Node:
         return files
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop`` (or cancellation); started once the API answers.
+
+        The API may answer 503 for a model still loading: ``wait_ready`` waits for it.
+        The home stays locked until this returns.
+        """
+        try:
+            await self._run(task_status)
+        finally:
+            self._home_lock.release()
+
+    async def _run(self, task_status: trio.TaskStatus[Node]) -> None:
         from hypercorn.trio import serve
 
         cfg = self.config
@@ -305,6 +380,8 @@ class Node:
         _check_port_free(cfg.api_host, cfg.api_port, "--port")
         _check_port_free(cfg.console_host, cfg.console_port, "--console-port")
         files = await trio.to_thread.run_sync(self.resolve_models)
+        if not cfg.client:
+            remember_models(cfg.home, [str(f.path) for f in files])
         # Files served from outside the store are on disk too.
         stored = await trio.to_thread.run_sync(self.store.list)
         on_disk = {m.sha256: m for m in [*stored, *files]}
@@ -314,17 +391,22 @@ class Node:
         )
         self._disk_paths = {m.sha256: m.path for m in on_disk.values()}
         layouts = [await trio.to_thread.run_sync(read_layout, f.path) for f in files]
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, len(files)))
+        threads, threads_batch = default_threads(len(files), os.cpu_count() or 1)
+        if cfg.threads is not None:
+            threads = threads_batch = cfg.threads
+        threads_batch = cfg.threads_batch or threads_batch
         self.workers = [
             InferenceWorker(
                 WorkerSettings(
                     model_id=f.id,
                     model_path=f.path,
                     threads=threads,
+                    threads_batch=threads_batch,
                     ctx_size=cfg.ctx_size,
                     log_dir=cfg.home / "logs",
                     max_queue=cfg.max_queue,
                     queue_timeout=cfg.queue_timeout,
+                    default_max_tokens=cfg.default_max_tokens,
                 ),
                 placement=self._placement(f, layout),
             )
@@ -348,9 +430,10 @@ class Node:
             heartbeat_interval=cfg.heartbeat_interval,
             dead_after=cfg.dead_after,
             client=cfg.client,
+            on_change=self._notify,
         )
         if cfg.client:
-            self.table = RoutingTableClient(mesh, cfg.heartbeat_interval)
+            self.table = RoutingTableClient(mesh, cfg.heartbeat_interval, on_change=self._notify)
         self.router = RequestRouter(
             self.node_id,
             lambda: self.workers,
@@ -373,7 +456,7 @@ class Node:
                     self.tensor_server = TensorServer(
                         mesh,
                         self.files,
-                        threads=cfg.threads or max(1, os.cpu_count() or 1),
+                        threads=cfg.threads or default_threads(1, os.cpu_count() or 1)[0],
                         log_dir=cfg.home / "logs",
                         available=lambda: not self.stopping,
                     )
@@ -391,6 +474,7 @@ class Node:
                 )
                 self.api_url = api[0] + "/v1"
                 self.console_url = console[0]
+                self._notify()
                 task_status.started(self)
                 await self._stopping.wait()
                 # A clean exit: say goodbye while the mesh links are still up.
@@ -506,7 +590,7 @@ class Node:
         if self.table is not None:
             return [
                 RemoteHost(h.node_id, tuple(h.models), None)
-                for h in self.table.table.hosts
+                for h in self.table.hosts
                 if h.node_id != self.node_id
             ]
         if self.mesh is None:
@@ -526,6 +610,7 @@ class Node:
     async def _announce_changes(self, worker: InferenceWorker) -> None:
         while True:
             await worker.wait_state_change()
+            self._notify()
             if self.mesh is not None:
                 self.mesh.announce_soon()
 
@@ -551,6 +636,21 @@ def _plan_status(plan: PlacementPlan) -> dict[str, Any]:
             for w in plan.workers
         ],
     }
+
+
+def default_threads(models: int, cores: int) -> tuple[int, int]:
+    """llama.cpp threads per model: (generation, prompt), the cores but one shared by
+    the models.
+
+    llama.cpp's threads meet at a barrier for every layer, so with a thread on each
+    core, one core taken by another process (or by this node's own event loop) makes
+    every step wait for the thread that lost it: `make bench-threads` on two cores, a
+    16-token chat 2.9-4.6x slower and a long prompt 2.5-2.9x, against 1.2-1.7x and
+    1.6-2.2x with one thread. A quiet, dedicated machine gains by ``--threads-batch``
+    set to every core (prompts about twice as fast on two cores).
+    """
+    share = max(1, (cores - 1) // max(1, models))
+    return share, share
 
 
 def _physical_memory() -> int:

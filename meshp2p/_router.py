@@ -88,6 +88,18 @@ class RequestRouter:
                 self._last_served[model] = now
         return out
 
+    def ready(self, model: str | None = None) -> bool:
+        """Whether a request for ``model`` has a ready host now (this node or another);
+        with no model named, whether the mesh serves any model at all."""
+        known = self.models()
+        if model is None:
+            return any(self._has_ready_host(entry) for entry in known.values())
+        canonical = self._canonical(model, known)
+        return canonical is not None and self._has_ready_host(known[canonical])
+
+    def _has_ready_host(self, entry: Mapping[str, Any]) -> bool:
+        return entry["state"] == "ready" or any(n != self.node_id for n in entry["nodes"])
+
     def _canonical(self, model: str, known: Mapping[str, Any]) -> str | None:
         if model in known:
             return model

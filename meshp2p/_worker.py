@@ -72,8 +72,12 @@ class WorkerSettings:
     threads: int
     ctx_size: int
     log_dir: Path
+    #: Threads for prompt evaluation; None: as many as ``threads``.
+    threads_batch: int | None = None
     max_queue: int = 64
     queue_timeout: float = 300.0
+    #: Tokens generated for a request that names no max_tokens (0: up to the context).
+    default_max_tokens: int = 0
 
 
 class InferenceWorker:
@@ -110,6 +114,8 @@ class InferenceWorker:
             "restarts": self.restarts,
             "last_error": self.last_error,
             "n_ctx": self.info.get("n_ctx"),
+            "threads": self.settings.threads,
+            "threads_batch": self.settings.threads_batch or self.settings.threads,
             "load_s": self.info.get("load_s"),
             "launch": self.launch.info if self.launch else None,
             "tools_supported": self.info.get("tools_supported", False),
@@ -194,12 +200,16 @@ class InferenceWorker:
             s.model_id,
             "--threads",
             str(s.threads),
+            "--threads-batch",
+            str(s.threads_batch or s.threads),
             "--ctx-size",
             str(s.ctx_size),
             "--max-queue",
             str(s.max_queue),
             "--queue-timeout",
             str(s.queue_timeout),
+            "--default-max-tokens",
+            str(s.default_max_tokens),
             *launch.arguments(),
         ]
 

@@ -292,6 +292,7 @@ def load_model(
     rpc: list[str] | None = None,
     n_gpu_layers: int = 0,
     tensor_split: list[float] | None = None,
+    threads_batch: int | None = None,
 ) -> Any:
     """Load the model solo, or split over the RPC servers ``rpc`` (host:port, in plan order).
 
@@ -310,7 +311,7 @@ def load_model(
             model_path=path,
             n_ctx=ctx_size,
             n_threads=threads,
-            n_threads_batch=threads,
+            n_threads_batch=threads_batch or threads,
             n_gpu_layers=n_gpu_layers if rpc else -1,
             tensor_split=tensor_split if rpc else None,
             verbose=False,
@@ -330,8 +331,9 @@ async def serve(args: argparse.Namespace) -> None:
         args.rpc,
         args.n_gpu_layers,
         split,
+        args.threads_batch,
     )
-    engine = Engine(llama)
+    engine = Engine(llama, default_max_tokens=args.default_max_tokens)
     app = WorkerApp(engine, args.model_id, RequestQueue(args.max_queue, args.queue_timeout))
     config = hypercorn_config("127.0.0.1", 0, "meshp2p.worker.http")
     async with trio.open_nursery() as nursery:
@@ -348,8 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--model-id", required=True)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--threads-batch", type=int, default=None, help="default: --threads")
     parser.add_argument("--ctx-size", type=int, default=4096)
     parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument(
+        "--default-max-tokens", type=int, default=0, help="cap without max_tokens; 0: the context"
+    )
     parser.add_argument("--queue-timeout", type=float, default=300.0)
     parser.add_argument(
         "--rpc", action="append", default=[], help="an RPC server (host:port) holding layers"

@@ -74,17 +74,22 @@ def test_chat_stream_delivers_chunks_then_usage(client: openai.OpenAI) -> None:
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(texts) > 1
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert finishes[-1] == "length"
+    assert finishes[-1] in ("stop", "length")  # the answer may end at the next turn
+    assert finishes[:-1] == [None] * (len(finishes) - 1)
     assert chunks[-1].choices == []
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
+    usage = chunks[-1].usage
+    assert usage is not None and 1 < usage.completion_tokens <= 16
+    assert (usage.completion_tokens == 16) == (finishes[-1] == "length")
 
 
 def test_completion_matches_llama_cpp_python(client: openai.OpenAI, model_path: Path) -> None:
-    from llama_cpp import Llama
+    from meshp2p._worker_child import load_model
 
     prompt = "The three primary colours are"
     reply = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
-    direct = Llama(model_path=str(model_path), n_ctx=4096, n_threads=1, verbose=False)
+    # Loaded as the node loads it (CPU repacking off, one thread as NodeProcess starts it):
+    # which repacked kernels llama.cpp picks depends on the CPU, and so do their last bits.
+    direct = load_model(str(model_path), threads=1, ctx_size=4096)
     expected = direct.create_completion(prompt, max_tokens=24, temperature=0)
     assert reply.choices[0].text == expected["choices"][0]["text"]  # type: ignore[index]
     assert reply.usage is not None and reply.usage.completion_tokens == 24
@@ -275,11 +280,19 @@ def test_worker_exits_when_node_is_killed(start_node: object, model_path: Path) 
     wait_until(lambda: not pid_alive(pid), 10, "the orphaned worker to exit")
 
 
-def test_default_model_is_assembled_into_the_home(start_node: object, tmp_path: Path) -> None:
-    node: NodeProcess = start_node([], home=tmp_path)  # type: ignore[operator]
-    node.wait_ready()
+def test_default_model_is_assembled_into_the_home_and_served_after_a_restart(
+    start_node: object, tmp_path: Path
+) -> None:
+    start = start_node  # type: ignore[assignment]
+    node: NodeProcess = start([], home=tmp_path).wait_ready()
     assert (tmp_path / "models" / "gemma-3-270m-q4_k_m.gguf").exists()
     assert [m["id"] for m in node.status()["models_served"]] == [MODEL]
+    mesh_id = node.status()["mesh_id"]
+    assert node.stop() == 0
+    # The home now belongs to a mesh (no longer a new one): it serves what it served.
+    again: NodeProcess = start([], home=tmp_path).wait_ready()
+    assert [m["id"] for m in again.status()["models_served"]] == [MODEL]
+    assert again.status()["mesh_id"] == mesh_id
 
 
 def test_taken_port_is_a_one_line_error(
