@@ -13,10 +13,9 @@ from typing import NoReturn
 import trio
 
 from meshp2p import MeshError, Node, NodeConfig, format_size, parse_size
-from meshp2p._mesh import DEFAULT_LISTEN
-from meshp2p._models import ModelStore, default_home, load_catalog
-from meshp2p._node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, DEFAULT_MAX_TOKENS
-from meshp2p._progress import ProgressBar
+from meshp2p.inference import InferenceWorker, ModelStore, ProgressBar, default_home, load_catalog
+from meshp2p.node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, DEFAULT_MAX_TOKENS
+from meshp2p.transport import DEFAULT_LISTEN
 
 
 def _size(text: str) -> int:
@@ -205,10 +204,7 @@ async def _run_node(config: NodeConfig) -> None:
             nursery.start_soon(_report_states, worker)
 
 
-async def _report_states(worker: object) -> None:
-    from meshp2p._worker import InferenceWorker
-
-    assert isinstance(worker, InferenceWorker)
+async def _report_states(worker: InferenceWorker) -> None:
     while True:
         state = await worker.wait_state_change()
         detail = f" ({worker.last_error})" if state == "restarting" else ""
@@ -248,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             _list_models(home)
             return
         if args.command == "doctor":
-            from meshp2p._llamacpp import main as check_llamacpp
+            from meshp2p.inference._llamacpp import main as check_llamacpp
 
             sys.exit(check_llamacpp())
         config = NodeConfig(

@@ -619,7 +619,7 @@ def run(transports: Sequence[str]) -> list[Check]:
     out = [_vector_checks()]
     base = Path(tempfile.mkdtemp(prefix="meshp2p-interop-mesh-"))
     try:
-        from meshp2p._models import ModelStore
+        from meshp2p.inference._models import ModelStore
 
         node_process = _load_node_process()
         try:

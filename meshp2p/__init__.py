@@ -9,11 +9,21 @@
             print(node.api_url)  # an OpenAI-compatible API
             node.stop()
 
-Everything importable from this package root is public; modules whose names
-start with ``_`` may change without notice.
+The package root gives a whole node and the errors; each layer is a package of
+its own, usable without a ``Node`` (``docs/library.md``):
+
+- ``meshp2p.transport``: a libp2p host built as a node builds it; framing.
+- ``meshp2p.mesh``: ``/mesh/auth`` and ``/mesh/gossip`` membership, the mesh DHT.
+- ``meshp2p.route``: ``/mesh/route``, OpenAI requests between nodes.
+- ``meshp2p.tensor``: ``/mesh/rpc-tensor``, splitting a model over nodes.
+- ``meshp2p.inference``: models on disk, llama.cpp workers.
+- ``meshp2p.api``: the OpenAI gateway and the console.
+- ``meshp2p.node``: the composition root.
+
+Names in a package's ``__all__`` are public; modules whose names start with
+``_`` may change without notice.
 """
 
-from ._auth import AuthResult, Challenge, Hello, Proof
 from ._errors import (
     ChecksumError,
     ConfigError,
@@ -25,50 +35,23 @@ from ._errors import (
     ProtocolError,
     WorkerError,
 )
-from ._gossip import (
-    Announce,
-    Announcement,
-    Dead,
-    Digest,
-    Leaving,
-    MeshView,
-    PeerInfo,
-    Want,
-)
-from ._invite import InviteError, InviteToken, MeshCredentials
-from ._mesh import MeshService
-from ._node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, Node, NodeConfig
 from ._sizes import format_size, parse_size
+from .node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, HomeInUseError, Node, NodeConfig
 
 __all__ = [
     "DEFAULT_API_PORT",
     "DEFAULT_CONSOLE_PORT",
-    "Announce",
-    "Announcement",
-    "AuthResult",
-    "Challenge",
     "ChecksumError",
     "ConfigError",
-    "Dead",
-    "Digest",
     "DownloadError",
-    "Hello",
-    "InviteError",
-    "InviteToken",
-    "Leaving",
-    "MeshCredentials",
+    "HomeInUseError",
     "MeshError",
-    "MeshService",
-    "MeshView",
     "ModelError",
     "ModelNotFoundError",
     "Node",
     "NodeConfig",
-    "PeerInfo",
     "PortInUseError",
-    "Proof",
     "ProtocolError",
-    "Want",
     "WorkerError",
     "format_size",
     "parse_size",

@@ -21,9 +21,11 @@ if str(ROOT) not in sys.path:
 from libp2p.crypto.ed25519 import Ed25519PrivateKey  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
 
-from meshp2p import _auth, _gossip, _route, _tensor  # noqa: E402
-from meshp2p._gguf import TensorInfo  # noqa: E402
-from meshp2p._rpc_wire import (  # noqa: E402
+from meshp2p.inference._gguf import TensorInfo  # noqa: E402
+from meshp2p.mesh import _auth, _gossip  # noqa: E402
+from meshp2p.route import _protocol as _route  # noqa: E402
+from meshp2p.tensor import _protocol as _tensor  # noqa: E402
+from meshp2p.tensor._rpc_wire import (  # noqa: E402
     CONN_CAPS_SIZE,
     SEGMENT_RAW,
     SEGMENT_REF,
@@ -33,7 +35,7 @@ from meshp2p._rpc_wire import (  # noqa: E402
     encode_command,
     encode_set_tensor,
 )
-from meshp2p._wire import FrameDecoder, encode_cbor, encode_frame  # noqa: E402
+from meshp2p.transport._wire import FrameDecoder, encode_cbor, encode_frame  # noqa: E402
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 

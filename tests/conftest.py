@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meshp2p._models import ModelStore
+from meshp2p.inference._models import ModelStore
 
 STARTUP_TIMEOUT = 90.0
 

@@ -14,9 +14,12 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.peer.id import ID
 
-from meshp2p import _auth, _gossip, _route, _tensor
-from meshp2p._gguf import GgufLayout, TensorInfo
-from meshp2p._rpc_wire import (
+from meshp2p.inference._gguf import GgufLayout, TensorInfo
+from meshp2p.mesh import _auth, _gossip
+from meshp2p.route import _protocol as _route
+from meshp2p.tensor import _protocol as _tensor
+from meshp2p.tensor._protocol import HostRewriter, WorkerRewriter
+from meshp2p.tensor._rpc_wire import (
     COMMAND_HEADER_SIZE,
     SEGMENT_RAW,
     SEGMENT_REF,
@@ -36,8 +39,7 @@ from meshp2p._rpc_wire import (
     encode_ref_segment,
     encode_set_tensor,
 )
-from meshp2p._tensor import HostRewriter, WorkerRewriter
-from meshp2p._wire import FrameDecoder, encode_cbor, encode_frame
+from meshp2p.transport._wire import FrameDecoder, encode_cbor, encode_frame
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
 

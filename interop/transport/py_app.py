@@ -4,7 +4,7 @@ Settings come from the environment: ``IS_DIALER`` ("true"/"false"), ``REDIS_ADDR
 (host:port), ``TEST_KEY``, ``TRANSPORT`` ("tcp" or "quic-v1"), ``SECURE_CHANNEL``
 ("noise") and ``MUXER`` ("yamux") for tcp, optional ``LISTENER_IP`` (default 0.0.0.0)
 and ``test_timeout_seconds`` (default 180). The host is the one a meshp2p node builds
-(``meshp2p._mesh.mesh_host``: its own Noise transport phase and yamux on TCP).
+(``meshp2p.transport.mesh_host``: its own Noise transport phase and yamux on TCP).
 
 The listener ``RPUSH``es its multiaddr to ``{TEST_KEY}_listener_multiaddr`` and stays up
 until it is killed (or the timeout passes). The dialer ``BLPOP``s it, dials, pings and
@@ -27,7 +27,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.host.ping import PingService
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from meshp2p._mesh import mesh_host
+from meshp2p.transport import mesh_host
 
 
 class AppError(Exception):

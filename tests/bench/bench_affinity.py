@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _bench import machine, stop_all, write_result  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
-from meshp2p._models import DEFAULT_MODEL, ModelStore  # noqa: E402
-from meshp2p._routing import Candidate, affinity_key, order_hosts  # noqa: E402
+from meshp2p.inference._models import DEFAULT_MODEL, ModelStore  # noqa: E402
+from meshp2p.route._routing import Candidate, affinity_key, order_hosts  # noqa: E402
 
 FILLER = "Answer briefly, politely and accurately, and never invent facts. " * 12
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _bench import machine, stop_all, write_result  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
-from meshp2p._models import ModelStore  # noqa: E402
+from meshp2p.inference._models import ModelStore  # noqa: E402
 
 
 def totals(nodes: list[NodeProcess]) -> tuple[int, int]:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _bench import machine, print_comparison, stop_all, write_result  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
-from meshp2p._models import DEFAULT_MODEL, ModelStore  # noqa: E402
+from meshp2p.inference._models import DEFAULT_MODEL, ModelStore  # noqa: E402
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",

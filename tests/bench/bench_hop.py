@@ -1,7 +1,7 @@
 """Benchmark: what one plain TCP relay process between llama.cpp and its RPC server costs.
 
 Run with ``python tests/bench/bench_hop.py``. It starts three llama.cpp RPC servers
-(``meshp2p._rpc_child``; each serves one client) and three inference children with the split
+(``meshp2p.tensor._rpc_child``; each serves one client) and three inference children with the split
 ``make bench-split`` uses (14 layers on the RPC device): one connected straight to
 the server, one through a relay process written on trio (what the node's tunnels
 are built on), one through a relay process using a blocking thread per direction
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "bench"))
 from _bench import machine, write_result  # noqa: E402
 from bench_split import WORDS, child, generate, read_ready  # noqa: E402
 
-from meshp2p._models import ModelStore  # noqa: E402
+from meshp2p.inference._models import ModelStore  # noqa: E402
 
 LAYERS = "14"
 
@@ -115,7 +115,7 @@ def main() -> int:
             paths = (("direct", None), ("trio relay", "trio"), ("thread relay", "thread"))
             for name, kind in paths:
                 rpc = child(
-                    ["meshp2p._rpc_child", "--port", "0", "--threads", "1"],
+                    ["meshp2p.tensor._rpc_child", "--port", "0", "--threads", "1"],
                     base / f"rpc-{kind}.log",
                 )
                 procs.append(rpc)
@@ -135,7 +135,7 @@ def main() -> int:
             for name, target in targets.items():
                 inference = child(
                     [
-                        "meshp2p._worker_child",
+                        "meshp2p.inference._worker_child",
                         "--model-path",
                         str(model),
                         "--model-id",

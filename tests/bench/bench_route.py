@@ -30,7 +30,7 @@ from _bench import machine, print_comparison, stop_all, write_result  # noqa: E4
 from bench_gateway import PROMPTS, WORDS, gateway_run  # noqa: E402
 from conftest import NodeProcess  # noqa: E402
 
-from meshp2p._models import DEFAULT_MODEL, ModelStore  # noqa: E402
+from meshp2p.inference._models import DEFAULT_MODEL, ModelStore  # noqa: E402
 
 
 def main() -> int:

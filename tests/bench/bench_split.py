@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "tests" / "bench"))
 from _bench import machine, stop_all, write_result  # noqa: E402
 from conftest import NodeProcess, wait_until  # noqa: E402
 
-from meshp2p._models import ModelStore  # noqa: E402
-from meshp2p._openai import parse_request  # noqa: E402
+from meshp2p.api._openai import parse_request  # noqa: E402
+from meshp2p.inference._models import ModelStore  # noqa: E402
 
 LISTEN = {
     "tcp": ["--listen", "/ip4/127.0.0.1/tcp/0"],
@@ -190,13 +190,15 @@ def main() -> int:
             }
 
             # 2. Direct TCP: the same split, llama.cpp straight to an RPC server.
-            rpc = child(["meshp2p._rpc_child", "--port", "0", "--threads", "1"], base / "rpc.log")
+            rpc = child(
+                ["meshp2p.tensor._rpc_child", "--port", "0", "--threads", "1"], base / "rpc.log"
+            )
             children.append(rpc)
             endpoint = read_ready(rpc, "the RPC server")["endpoint"]
             split_arg = ",".join(str(x) for x in launch["tensor_split"])
             direct = child(
                 [
-                    "meshp2p._worker_child",
+                    "meshp2p.inference._worker_child",
                     "--model-path",
                     str(model.path),
                     "--model-id",

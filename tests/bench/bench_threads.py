@@ -11,7 +11,7 @@ quiet machine with every core, and writes ``docs/benchmarks/threads.json``, whic
 llama.cpp's threads meet at a barrier for every layer: with as many threads as
 cores, one core taken by another process makes every step wait for the thread
 that lost its core, so a node's default leaves one core free
-(``meshp2p._node.default_threads``).
+(``meshp2p.node._node.default_threads``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _bench import machine, write_result  # noqa: E402
 
-from meshp2p._models import ModelStore  # noqa: E402
+from meshp2p.inference._models import ModelStore  # noqa: E402
 
 CHAT = "<bos>User: Count from one to twenty, one number per line.\nAssistant:"
 LONG = "The history of the bicycle is long and full of inventors. " * 45
@@ -40,7 +40,7 @@ LONG = "The history of the bicycle is long and full of inventors. " * 45
 def _load(path: Path, gen: int, batch: int) -> Any:
     from llama_cpp import Llama
 
-    from meshp2p._llamacpp import split_model_params
+    from meshp2p.inference._llamacpp import split_model_params
 
     with split_model_params(cpu_repack=False):
         return Llama(

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _bench import machine, write_result  # noqa: E402
 
-from meshp2p._mesh import mesh_host, transport_addrs  # noqa: E402
+from meshp2p.transport import mesh_host, transport_addrs  # noqa: E402
 
 MiB = 1 << 20
 CHUNK = 64 * 1024
@@ -59,7 +59,7 @@ NAMES = ("raw-tcp", "stock-py-libp2p-tcp", "libp2p-tcp", "libp2p-quic", "default
 # Longest a single bulk or concurrent transfer may take before the size is cut.
 TARGET_S = 10.0
 DEFAULT_NOTE = (
-    "default = hosts built like a node's (meshp2p._mesh.mesh_host, listening on QUIC and "
+    "default = hosts built like a node's (meshp2p.transport.mesh_host, listening on QUIC and "
     "TCP), the client dialling the server's whole address list in meshp2p's order: QUIC "
     "first, TCP if QUIC fails; one connection per peer, so every stream of a peer goes "
     "over the same transport (transport_used says which, per step)"

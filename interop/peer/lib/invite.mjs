@@ -1,4 +1,4 @@
-// Invite tokens (meshp2p/_invite.py): "mp1." + unpadded base64url of the CBOR map
+// Invite tokens (meshp2p/mesh/_invite.py): "mp1." + unpadded base64url of the CBOR map
 // {"v": 1, "m": mesh id (8 bytes), "s": secret (32 bytes), "a": [binary multiaddrs with /p2p/]}.
 
 import { randomBytes } from 'node:crypto'

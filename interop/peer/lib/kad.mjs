@@ -1,4 +1,4 @@
-// The mesh-scoped Kademlia protocol id (protocols/README.md, meshp2p/_kad.py):
+// The mesh-scoped Kademlia protocol id (protocols/README.md, meshp2p/mesh/_kad.py):
 // /mesh/kad/1.0.0/<hex of the first 16 bytes of sha256("meshp2p/kad/v1" 0x00 mesh_id)>.
 //
 // Provider-record keys are sha2-256 multihashes of the names meshp2p uses

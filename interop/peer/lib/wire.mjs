@@ -252,7 +252,7 @@ export function messageType (msg) {
   return t
 }
 
-// Field readers, like meshp2p/_wire.py's: each names the field that is wrong.
+// Field readers, like meshp2p/transport/_wire.py's: each names the field that is wrong.
 
 export function textField (msg, key, { max, min = 1 } = {}) {
   const v = msg[key]

@@ -1,0 +1,404 @@
+"""The token generation loop of an inference worker, on llama-cpp-python's ``Llama``.
+
+Synchronous and single-threaded by design: one worker thread drives it, and
+it checks a cancel flag between tokens so a vanished client frees the model at
+once. It produces text deltas and a final usage count; turning those into
+OpenAI JSON is ``_completions``' job.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api._openai import ApiError
+from ._toolcalls import ToolCall, parse_tool_calls
+
+# Sampling defaults, the same as llama-cpp-python's create_completion uses, so
+# a request gives the same tokens through the mesh as through the library.
+_TOP_K = 40
+_MIN_P = 0.05
+_DEFAULT_TEMPERATURE = {"chat": 0.2, "completion": 0.8}
+
+
+@dataclass
+class Delta:
+    """New text generated since the last event."""
+
+    text: str
+
+
+@dataclass
+class Finish:
+    """The end of a generation."""
+
+    reason: str  # "stop", "length", "tool_calls" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass
+class PreparedRequest:
+    endpoint: str
+    prompt_tokens: list[int]
+    prompt_text: str
+    max_tokens: int
+    stop: list[str]
+    sampling: dict[str, Any]
+    seed: int | None
+    echo: bool
+    grammar: Any | None
+    tools: bool
+    #: Tokens that end the answer besides end-of-generation ones: turn markers.
+    stop_tokens: frozenset[int] = frozenset()
+    #: The prompt ends in "Assistant:", so the answer's first token has a space.
+    strip_leading_space: bool = False
+
+
+# Models without a chat template in their GGUF are base models, which know no
+# turn markers (gemma-3-270m answers its family's <start_of_turn> format with
+# noise and never ends a turn) but continue a plain transcript well, and the
+# transcript's next "User:" line marks where their answer ends.
+_TRANSCRIPT_TEMPLATE = """{{ bos_token }}
+{%- for m in messages -%}
+{%- if m['role'] in ('system', 'developer') -%}
+{{ m['content'] or '' }}{{ '\n\n' }}
+{%- else -%}
+{%- set role = {'user': 'User', 'assistant': 'Assistant'}.get(m['role'], 'Tool') -%}
+{{ role }}: {{ (m['content'] or '') | trim }}{{ '\n' }}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}Assistant:{%- endif -%}"""
+
+# Markers that make the boundary between two turns visible in a rendering.
+_PROBE = ("\x01a\x01", "\x01b\x01", "\x01c\x01")
+
+
+class Cancelled(Exception):
+    """The client went away; generation stopped between two tokens."""
+
+
+class Engine:
+    """Wraps one loaded ``llama_cpp.Llama`` and generates for one request at a time.
+
+    ``default_max_tokens`` caps requests that name no ``max_tokens`` (0: up to the
+    context), so a model that never ends its turn cannot run for minutes.
+    """
+
+    def __init__(self, llama: Any, *, default_max_tokens: int = 0) -> None:
+        from llama_cpp import llama_chat_format
+
+        self.llama = llama
+        self.default_max_tokens = default_max_tokens
+        # llama.cpp rounds the context up to a multiple of 256, but llama-cpp-python
+        # sizes its token buffer by the size asked for: the smaller one binds.
+        self.n_ctx: int = min(llama.n_ctx(), len(llama.input_ids))
+        meta: dict[str, str] = llama.metadata
+        template = meta.get("tokenizer.chat_template")
+        self.chat_template_source = "gguf" if template else "transcript"
+        if not template:
+            template = _TRANSCRIPT_TEMPLATE
+        self.chat_template = template
+        self.tools_supported = self.chat_template_source == "gguf" and "tools" in template
+        eos_id, bos_id = llama.token_eos(), llama.token_bos()
+        model = llama._model
+        eos = model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos = model.token_get_text(bos_id) if bos_id != -1 else ""
+        self._formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id]
+        )
+        boundaries = _turn_boundaries(
+            self._formatter,
+            llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False
+            ),
+        )
+        #: Where the template starts a new turn (the next user's, or another answer's):
+        #: a model that writes one has finished its answer (see ``turn_stops``).
+        self.turn_boundaries = boundaries
+        self.turn_stop_strings, self.turn_stop_tokens = turn_stops(boundaries, llama)
+
+    def prepare(self, endpoint: str, params: dict[str, Any]) -> PreparedRequest:
+        """Tokenize and check a validated request; ApiError (400) when it cannot run."""
+        llama = self.llama
+        stop = list(params.get("stop", []))
+        has_tools = bool(params.get("tools"))
+        if endpoint == "chat":
+            try:
+                formatted = self._formatter(
+                    messages=params["messages"],
+                    tools=params.get("tools"),
+                    tool_choice=params.get("tool_choice"),
+                )
+            except Exception as exc:  # jinja raises whatever the template author chose
+                raise ApiError(
+                    400, f"the model's chat template rejected the messages: {exc}", param="messages"
+                ) from None
+            prompt_text = formatted.prompt
+            tokens = llama.tokenize(
+                prompt_text.encode(), add_bos=not formatted.added_special, special=True
+            )
+            if isinstance(formatted.stop, str):
+                stop.append(formatted.stop)
+            elif formatted.stop:
+                stop.extend(formatted.stop)
+            stop.extend(s for s in self.turn_stop_strings if s not in stop)
+        else:
+            prompt = params["prompt"]
+            if isinstance(prompt, str):
+                prompt_text = prompt
+                tokens = llama.tokenize(prompt.encode(), add_bos=True, special=True)
+            else:
+                tokens = list(prompt)
+                vocab = llama.n_vocab()
+                if any(not 0 <= t < vocab for t in tokens):
+                    raise ApiError(
+                        400, f"'prompt' holds a token id outside 0..{vocab - 1}", param="prompt"
+                    )
+                prompt_text = llama.detokenize(tokens).decode("utf-8", "replace")
+        if not tokens:
+            raise ApiError(400, "the prompt is empty", param="prompt")
+        if len(tokens) >= self.n_ctx:
+            raise ApiError(
+                400,
+                f"the prompt has {len(tokens)} tokens; this model's context holds {self.n_ctx}",
+                param="messages" if endpoint == "chat" else "prompt",
+                code="context_length_exceeded",
+            )
+        room = self.n_ctx - len(tokens)
+        requested = params.get("max_tokens")
+        if requested is None:
+            requested = self.default_max_tokens or room
+        max_tokens = min(requested, room)
+
+        grammar = None
+        fmt = params.get("response_format")
+        if fmt is not None:
+            grammar = self._grammar(fmt)
+
+        logits_processor = None
+        bias = params.get("logit_bias")
+        if bias:
+            logits_processor = _logit_bias_processor(bias, llama.n_vocab())
+
+        temperature = params.get("temperature", _DEFAULT_TEMPERATURE[endpoint])
+        sampling: dict[str, Any] = {
+            "temp": temperature,
+            "top_p": params.get("top_p", 0.95),
+            "top_k": _TOP_K,
+            "min_p": _MIN_P,
+            "frequency_penalty": params.get("frequency_penalty", 0.0),
+            "presence_penalty": params.get("presence_penalty", 0.0),
+            "logits_processor": logits_processor,
+        }
+        return PreparedRequest(
+            endpoint=endpoint,
+            prompt_tokens=tokens,
+            prompt_text=prompt_text,
+            max_tokens=max_tokens,
+            stop=[s for s in stop if s],
+            sampling=sampling,
+            seed=params.get("seed"),
+            echo=bool(params.get("echo")),
+            grammar=grammar,
+            tools=has_tools,
+            stop_tokens=self.turn_stop_tokens if endpoint == "chat" else frozenset(),
+            strip_leading_space=endpoint == "chat" and self.chat_template_source == "transcript",
+        )
+
+    def _grammar(self, fmt: dict[str, Any]) -> Any:
+        import json
+
+        from llama_cpp import llama_grammar
+
+        schema = fmt.get("schema")
+        try:
+            if schema is not None:
+                return llama_grammar.LlamaGrammar.from_json_schema(
+                    json.dumps(schema), verbose=False
+                )
+            return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+        except Exception as exc:
+            raise ApiError(
+                400,
+                f"the JSON schema cannot be turned into a grammar: {exc}",
+                param="response_format",
+            ) from None
+
+    def generate(self, req: PreparedRequest, cancel: threading.Event) -> Iterator[Delta | Finish]:
+        """Yield text deltas, then one Finish. Checks ``cancel`` before every token."""
+        import random
+
+        import llama_cpp
+
+        llama = self.llama
+        vocab = llama._model.vocab
+        seed = req.seed if req.seed is not None else random.getrandbits(32)
+        llama.set_seed(seed)
+        if req.seed is not None:
+            # A prompt evaluated in one batch and one resumed from the cache give
+            # logits that differ in the last bits, which sampling at temperature > 0
+            # can turn into another text: with a seed, evaluate the whole prompt.
+            llama.reset()
+
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = ""  # everything generated so far
+        sent = 0  # how much of `text` was already yielded
+        holdback = max((len(s) for s in req.stop), default=1) - 1
+        count = 0
+        reason = "length"
+        prev = list(req.prompt_tokens)
+        if req.echo:
+            yield Delta(req.prompt_text)
+
+        tokens = llama.generate(req.prompt_tokens, grammar=req.grammar, **req.sampling)
+        try:
+            for token in tokens:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or token in req.stop_tokens:
+                    reason = "stop"
+                    break
+                count += 1
+                piece = llama.detokenize([token], prev_tokens=prev[-8:])
+                prev.append(token)
+                text += decoder.decode(piece)
+                if req.strip_leading_space and count == 1 and text.startswith(" "):
+                    text = text[1:]
+                cut = _find_stop(text, req.stop, sent)
+                if cut is not None:
+                    text = text[:cut]
+                    reason = "stop"
+                    break
+                safe = _streamable_end(text, holdback, req.tools)
+                if safe > sent:
+                    yield Delta(text[sent:safe])
+                    sent = safe
+                if count >= req.max_tokens:
+                    break
+        finally:
+            tokens.close()
+        text += decoder.decode(b"", final=True) if reason != "stop" else ""
+        if reason == "cancelled":
+            raise Cancelled()
+
+        calls: list[ToolCall] = []
+        if req.tools:
+            content, calls = parse_tool_calls(text)
+            if calls:
+                # What was streamed came before the first call, so it leads `content`.
+                streamed = text[:sent]
+                text = content if content.startswith(streamed) else streamed
+                reason = "tool_calls"
+        if len(text) > sent:
+            yield Delta(text[sent:])
+        full = req.prompt_text + text if req.echo else text
+        yield Finish(reason, len(req.prompt_tokens), count, full, calls)
+
+
+def _turn_boundaries(with_prompt: Any, without_prompt: Any) -> list[str]:
+    """What a chat template writes where a turn ends and the next begins: between an
+    answer and the next user message (Gemma: ``<end_of_turn>\\n<start_of_turn>user\\n``),
+    and its generation prompt (``\\n<start_of_turn>model\\n``), each with the newline
+    before it when the template puts one there. Empty for a template that refuses the
+    probe conversation."""
+    a, b, c = _PROBE
+    ask = [{"role": "user", "content": a}]
+    conversation = [*ask, {"role": "assistant", "content": b}, {"role": "user", "content": c}]
+    try:
+        turns = without_prompt(messages=conversation).prompt
+        asked = without_prompt(messages=ask).prompt
+        prompted = with_prompt(messages=ask).prompt
+    except Exception:  # jinja raises whatever the template author chose
+        return []
+    out = []
+    start, end = turns.find(b), turns.find(c)
+    if start != -1 and end > start:
+        out.append(turns[start + len(b) : end])
+    if prompted.startswith(asked) and len(prompted) > len(asked):
+        opening = prompted[len(asked) :]
+        out.append(("\n" if asked.endswith("\n") else "") + opening)
+    return out
+
+
+def turn_stops(boundaries: list[str], llama: Any) -> tuple[list[str], frozenset[int]]:
+    """Stop strings and stop tokens that end an answer where the template's next turn
+    would begin.
+
+    Each line of a boundary is a stop string, with the newline before it when the
+    boundary has one there (so a mid-line ``User:`` does not stop a transcript).
+    Control tokens in a boundary (Gemma's ``<start_of_turn>``, ChatML's ``<|im_end|>``
+    in a vocabulary that has them) are stop tokens: they never appear in the text.
+    """
+    import llama_cpp
+
+    strings: list[str] = []
+    control: set[int] = set()
+    vocab = llama._model.vocab
+    for boundary in boundaries:
+        for i, line in enumerate(boundary.split("\n")):
+            line = line.strip()
+            if line and (stop := ("\n" if i > 0 else "") + line) not in strings:
+                strings.append(stop)
+        tokens = llama.tokenize(boundary.encode(), add_bos=False, special=True)
+        control.update(t for t in tokens if llama_cpp.llama_vocab_is_control(vocab, t))
+    return strings, frozenset(control)
+
+
+_CALL_MARKERS = ("<tool_call>", "[TOOL_CALLS]")
+
+
+def _streamable_end(text: str, holdback: int, tools: bool) -> int:
+    """How much of ``text`` can go to the client now.
+
+    A tail that might be the start of a stop string is held back. With tools,
+    so is everything from a tool-call marker on, and an answer that opens like
+    a JSON call, so that calls reach the client as ``tool_calls``, not text.
+    """
+    end = len(text) - holdback
+    if not tools:
+        return end
+    head = text.lstrip()
+    if head.startswith(("{", "[")) or any(m.startswith(head) for m in _CALL_MARKERS):
+        return 0
+    for marker in _CALL_MARKERS:
+        at = text.find(marker)
+        if at != -1:
+            end = min(end, at)
+        else:
+            # A partial marker at the very end.
+            for k in range(len(marker) - 1, 0, -1):
+                if text.endswith(marker[:k]):
+                    end = min(end, len(text) - k)
+                    break
+    return end
+
+
+def _find_stop(text: str, stops: list[str], sent: int) -> int | None:
+    """Index where the earliest stop string starts, searching only text not yet final."""
+    best: int | None = None
+    for stop in stops:
+        i = text.find(stop, max(0, sent - len(stop)))
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best
+
+
+def _logit_bias_processor(bias: dict[Any, float], n_vocab: int) -> Any:
+    from llama_cpp import LogitsProcessorList
+
+    # Token ids arrive as JSON object keys, so as strings.
+    valid = {int(t): float(b) for t, b in bias.items() if 0 <= int(t) < n_vocab}
+
+    def apply(_input_ids: Any, scores: Any) -> Any:
+        for token, value in valid.items():
+            scores[token] += value
+        return scores
+
+    return LogitsProcessorList([apply])

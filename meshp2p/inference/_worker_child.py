@@ -1,0 +1,377 @@
+"""The inference worker process: loads one GGUF with llama.cpp and serves it on 127.0.0.1.
+
+Run by the node as ``python -m meshp2p.inference._worker_child``. It is a child process so
+that a llama.cpp abort can never take the node down. It prints one JSON line
+``{"event": "ready", "port": N, ...}`` on stdout when it serves, and exits when
+its stdin closes, so it never outlives the node, even after a ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import trio
+
+from ..api._asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    hypercorn_config,
+    lifespan,
+    read_body,
+    send_error,
+    send_json,
+    start_stream,
+    watch_disconnect,
+)
+from ..api._openai import SSE_DONE, ApiError, ResponseShaper, error_body, sse, usage
+from ._engine import Cancelled, Delta, Engine, Finish
+
+log = logging.getLogger("meshp2p.worker")
+
+# Requests come from our own gateway, already validated and bounded.
+_MAX_BODY = 64 * 1024 * 1024
+
+
+class RequestQueue:
+    """First come, first served access to the one model; bounded in length and waiting time."""
+
+    def __init__(self, max_waiting: int, timeout: float) -> None:
+        self._lock = trio.Lock()  # trio's Lock is fair: FIFO
+        self.max_waiting = max_waiting
+        self.timeout = timeout
+        self.waiting = 0
+        self.busy = False
+
+    async def acquire(self) -> None:
+        if self.waiting >= self.max_waiting:
+            raise ApiError(
+                503,
+                f"this model's queue is full ({self.max_waiting} waiting); retry later",
+                type="server_error",
+                code="queue_full",
+                headers={"retry-after": "5"},
+            )
+        self.waiting += 1
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+        if scope.cancelled_caught:
+            raise ApiError(
+                503,
+                f"waited {self.timeout:.0f} s in this model's queue; retry later",
+                type="server_error",
+                code="queue_timeout",
+                headers={"retry-after": "5"},
+            )
+        self.busy = True
+
+    def release(self) -> None:
+        self.busy = False
+        self._lock.release()
+
+
+class WorkerApp:
+    """ASGI app of the worker: ``POST /generate``, ``GET /health``, ``GET /info``."""
+
+    def __init__(self, engine: Engine, model_id: str, queue: RequestQueue) -> None:
+        self.engine = engine
+        self.model_id = model_id
+        self.queue = queue
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == "/health" and method == "GET":
+                await send_json(
+                    send,
+                    200,
+                    {
+                        "status": "ok",
+                        "model": self.model_id,
+                        "waiting": self.queue.waiting,
+                        "busy": self.queue.busy,
+                    },
+                )
+            elif path == "/info" and method == "GET":
+                await send_json(send, 200, self.info())
+            elif path == "/generate" and method == "POST":
+                body = await read_body(scope, receive, _MAX_BODY)
+                await self.generate(json.loads(body), receive, send)
+            else:
+                raise ApiError(404, f"no route {method} {path}", code="not_found")
+        except ApiError as err:
+            await send_error(send, err)
+        except ClientGone:
+            pass
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.model_id,
+            "n_ctx": self.engine.n_ctx,
+            "tools_supported": self.engine.tools_supported,
+            "chat_template": self.engine.chat_template_source,
+            "pid": os.getpid(),
+        }
+
+    async def generate(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        endpoint = request["endpoint"]
+        shaper = ResponseShaper(
+            endpoint, self.model_id, bool(request.get("include_usage")), now=int(time.time())
+        )
+        stream = bool(request.get("stream"))
+        cancel = threading.Event()
+        # Unbounded: a generation makes at most n_ctx small events, and the model
+        # thread must never wait for the event loop between two tokens.
+        send_events, events = trio.open_memory_channel[Delta | Finish | ApiError](math.inf)
+        loop = trio.lowlevel.current_trio_token()
+
+        def emit(event: Delta | Finish | ApiError) -> None:
+            loop.run_sync_soon(_deliver, send_events, event)
+
+        def produce() -> None:
+            """Runs in a worker thread: the only place the model is touched."""
+            try:
+                prepared = self.engine.prepare(endpoint, request["params"])
+                for event in self.engine.generate(prepared, cancel):
+                    emit(event)
+            except Cancelled:
+                pass
+            except ApiError as err:
+                emit(err)
+            except Exception as exc:
+                log.exception("generation failed")
+                emit(ApiError(500, f"generation failed: {exc}", type="server_error"))
+            finally:
+                loop.run_sync_soon(send_events.close)
+
+        error: ApiError | None = None
+        await self.queue.acquire()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_disconnect, receive, cancel.set)
+
+                async def run_model() -> None:
+                    # Never abandon the thread: the model must be idle before the
+                    # next request may use it.
+                    await trio.to_thread.run_sync(produce, abandon_on_cancel=False)
+
+                nursery.start_soon(run_model)
+                try:
+                    if stream:
+                        await self._stream(shaper, events, send)
+                    else:
+                        await self._respond(shaper, events, send)
+                except ApiError as err:
+                    error = err  # raised outside the nursery, not as an ExceptionGroup
+                finally:
+                    cancel.set()
+                    events.close()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.queue.release()
+        if error is not None:
+            raise error
+
+    async def _first(
+        self, events: trio.MemoryReceiveChannel[Delta | Finish | ApiError]
+    ) -> Delta | Finish | None:
+        async for event in events:
+            if isinstance(event, ApiError):
+                raise event
+            return event
+        return None
+
+    async def _stream(
+        self,
+        shaper: ResponseShaper,
+        events: trio.MemoryReceiveChannel[Delta | Finish | ApiError],
+        send: Send,
+    ) -> None:
+        first = await self._first(events)  # errors before the first token keep their status
+        if first is None:
+            return
+        await start_stream(send)
+        opening = shaper.first_chunk()
+        if opening is not None:
+            await _body(send, sse(opening))
+        event: Delta | Finish | ApiError = first
+        while True:
+            if isinstance(event, Delta):
+                await _body(send, sse(shaper.delta_chunk(event.text)))
+            elif isinstance(event, Finish):
+                calls = [c.to_openai(i) for i, c in enumerate(event.tool_calls)]
+                for chunk in shaper.final_chunks(
+                    event.reason, usage(event.prompt_tokens, event.completion_tokens), calls
+                ):
+                    await _body(send, sse(chunk))
+                await _body(send, SSE_DONE, more=False)
+                return
+            else:
+                await _body(
+                    send,
+                    sse(error_body(event.message, type=event.type, code=event.code)),
+                    more=False,
+                )
+                return
+            try:
+                event = await events.receive()
+            except trio.EndOfChannel:
+                await _body(
+                    send,
+                    sse(error_body("generation ended unexpectedly", type="server_error")),
+                    more=False,
+                )
+                return
+
+    async def _respond(
+        self,
+        shaper: ResponseShaper,
+        events: trio.MemoryReceiveChannel[Delta | Finish | ApiError],
+        send: Send,
+    ) -> None:
+        async for event in events:
+            if isinstance(event, ApiError):
+                raise event
+            if isinstance(event, Finish):
+                calls = [c.to_openai() for c in event.tool_calls]
+                body = shaper.response(
+                    event.text,
+                    event.reason,
+                    usage(event.prompt_tokens, event.completion_tokens),
+                    calls,
+                )
+                await send_json(send, 200, body)
+                return
+        # The channel closed without a Finish: the client went away.
+
+
+def _deliver(
+    channel: trio.MemorySendChannel[Delta | Finish | ApiError], event: Delta | Finish | ApiError
+) -> None:
+    """Runs in the event loop; the reader may be gone already (client left)."""
+    try:
+        channel.send_nowait(event)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _body(send: Send, data: bytes, *, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def _exit_when_parent_gone(cancel_scope: trio.CancelScope) -> None:
+    """The node holds our stdin; EOF means it is gone, so we go too."""
+    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stream:
+        while await stream.receive_some(4096):
+            pass
+    cancel_scope.cancel()
+
+
+def load_model(
+    path: str,
+    threads: int,
+    ctx_size: int,
+    rpc: list[str] | None = None,
+    n_gpu_layers: int = 0,
+    tensor_split: list[float] | None = None,
+    threads_batch: int | None = None,
+) -> Any:
+    """Load the model solo, or split over the RPC servers ``rpc`` (host:port, in plan order).
+
+    CPU repacking is off either way: a worker's plain CPU buffers compute slightly
+    different floats than repacked ones, and a split must answer exactly as a solo run.
+    A split keeps the output layer and embeddings on this host (``split_model_params``).
+    """
+    from ._llamacpp import OUTPUT_TENSORS, register_rpc_servers, split_model_params
+
+    if rpc:
+        register_rpc_servers(rpc)  # before the model: llama.cpp aborts on a dead endpoint
+    from llama_cpp import Llama
+
+    with split_model_params(keep_on_host=OUTPUT_TENSORS if rpc else None, cpu_repack=False):
+        return Llama(
+            model_path=path,
+            n_ctx=ctx_size,
+            n_threads=threads,
+            n_threads_batch=threads_batch or threads,
+            n_gpu_layers=n_gpu_layers if rpc else -1,
+            tensor_split=tensor_split if rpc else None,
+            verbose=False,
+        )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from hypercorn.trio import serve as hypercorn_serve
+
+    split = [float(x) for x in args.tensor_split.split(",")] if args.tensor_split else None
+    started = time.monotonic()
+    llama = await trio.to_thread.run_sync(
+        load_model,
+        args.model_path,
+        args.threads,
+        args.ctx_size,
+        args.rpc,
+        args.n_gpu_layers,
+        split,
+        args.threads_batch,
+    )
+    engine = Engine(llama, default_max_tokens=args.default_max_tokens)
+    app = WorkerApp(engine, args.model_id, RequestQueue(args.max_queue, args.queue_timeout))
+    config = hypercorn_config("127.0.0.1", 0, "meshp2p.worker.http")
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(hypercorn_serve, app, config)
+        port = int(binds[0].rsplit(":", 1)[1])
+        load_s = round(time.monotonic() - started, 3)
+        ready = {"event": "ready", "port": port, "load_s": load_s, **app.info()}
+        print(json.dumps(ready), flush=True)
+        nursery.start_soon(_exit_when_parent_gone, nursery.cancel_scope)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="meshp2p-worker", description=__doc__)
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-id", required=True)
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--threads-batch", type=int, default=None, help="default: --threads")
+    parser.add_argument("--ctx-size", type=int, default=4096)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument(
+        "--default-max-tokens", type=int, default=0, help="cap without max_tokens; 0: the context"
+    )
+    parser.add_argument("--queue-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--rpc", action="append", default=[], help="an RPC server (host:port) holding layers"
+    )
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="with --rpc: llama.cpp's")
+    parser.add_argument("--tensor-split", default="", help="with --rpc: shares, comma-separated")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("MESHP2P_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        trio.run(serve, args)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

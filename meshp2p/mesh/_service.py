@@ -1,0 +1,748 @@
+"""The mesh layer of a node: a libp2p host, membership by the mesh secret, and gossip.
+
+``MeshService`` drives the sans-I/O cores in ``_auth`` and ``_gossip`` over
+libp2p streams. Every peer proves it holds the mesh secret on a
+``/mesh/auth/1.0.0`` stream before any ``/mesh/*`` protocol is served to it;
+then each side keeps one outbound ``/mesh/gossip/1.0.0`` stream to the other
+and pushes announcements, digests (the heartbeat), wants, deaths and leavings.
+
+One piece (about 750 lines): membership, gossip links and the view are one
+node's state; admitting a peer opens its link and shares the DHT with it, a
+broken link probes the peer and may bury it, and every path updates the same
+members, links and view under one nursery. The protocol logic itself is in the
+sans-I/O cores (``_auth``, ``_gossip``, ``_state``); the host is ``transport``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.host.ping import PingService
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+
+from .._errors import ProtocolError
+from ..transport._host import (
+    DEFAULT_LISTEN,
+    addrs_by_peer,
+    dialable_addrs,
+    mesh_host,
+    parse_listen,
+    transport_addrs,
+)
+from ..transport._streams import close_quietly
+from ..transport._wire import FrameDecoder, encode_frame
+from . import _auth, _gossip
+from ._gossip import Announce, Announcement, Dead, Digest, Leaving, Want
+from ._invite import InviteToken, MeshCredentials
+from ._kad import MeshKad, on_disk_key, served_key
+from ._state import MeshState, MeshView
+
+log = logging.getLogger("meshp2p.mesh")
+
+AUTH = TProtocol(_auth.PROTOCOL_ID)
+GOSSIP = TProtocol(_gossip.PROTOCOL_ID)
+
+_AUTH_TIMEOUT = 10.0
+_DIAL_TIMEOUT = 10.0
+_WRITE_TIMEOUT = 10.0
+_PING_TIMEOUT = 5.0
+# A stream may arrive a moment before the handshake that admits its sender ends.
+_MEMBERSHIP_GRACE = 5.0
+_MAX_HANDSHAKES = 32
+_LINK_BUFFER = 256
+_REDIAL_AFTER = 2.0
+_REJECTIONS_KEPT = 32
+_LEAVE_GRACE = 2.0
+_REAP_EVERY = 1.0
+_PROBES = 2
+_PROBE_WAIT = 1.0
+
+
+_Side = TypeVar("_Side", _auth.AuthInitiator, _auth.AuthResponder)
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What this node says about itself in its announcement, apart from identity."""
+
+    role: str
+    models_served: tuple[str, ...]
+    models_on_disk: tuple[_gossip.ModelFile, ...]
+    memory_free: int
+    memory_total: int
+    request_rates: Mapping[str, float]
+
+
+@dataclass
+class _Link:
+    """Our outbound gossip stream to one member."""
+
+    peer: ID
+    send: trio.MemorySendChannel[bytes]
+    stream: INetStream | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+def _standby() -> LocalState:
+    return LocalState("standby", (), (), 0, 0, {})
+
+
+class MeshService:
+    """One node's membership in one mesh. ``await nursery.start(service.run)``.
+
+    It builds and runs its own libp2p host (``meshp2p.transport.mesh_host`` on
+    ``listen``), or, given ``host``, serves the ``/mesh/*`` protocols on an app's
+    own running host (see ``on_host``). ``local`` says what this node announces.
+    """
+
+    def __init__(
+        self,
+        keypair: KeyPair,
+        credentials: MeshCredentials,
+        *,
+        local: Callable[[], LocalState] = _standby,
+        version: str = "0",
+        listen: Sequence[str] = DEFAULT_LISTEN,
+        bootstrap: Sequence[str] = (),
+        heartbeat_interval: float = 5.0,
+        dead_after: float = 12.0,
+        client: bool = False,
+        on_change: Callable[[], None] = lambda: None,
+        host: IHost | None = None,
+    ) -> None:
+        self.keypair = keypair
+        self.credentials = credentials
+        self.local = local
+        self.version = version
+        self.listen = parse_listen(listen)
+        #: An app's own host, already running: used as it is, never closed by us.
+        self._given_host = host
+        self.bootstrap = tuple(bootstrap)
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        #: A passive client authenticates but takes no part in gossip or the DHT.
+        self.client = client
+        #: Called when the view changes: a node appeared, changed or went.
+        self.on_change = on_change
+        self.peer_id = ID.from_pubkey(keypair.public_key)
+        self.node_id = self.peer_id.to_base58()
+        self.state = MeshState(credentials.mesh_id)
+        self.members: dict[ID, float] = {}
+        self.rejections: deque[dict[str, Any]] = deque(maxlen=_REJECTIONS_KEPT)
+        self.addrs: list[str] = []
+        self._host: IHost | None = None
+        self._nursery: trio.Nursery | None = None
+        self._links: dict[ID, _Link] = {}
+        self._dialing: set[ID] = set()
+        self._last_dial: dict[ID, float] = {}
+        self._own: Announcement | None = None
+        self._own_fields: dict[str, Any] | None = None
+        self._seq = 0
+        self._changed = trio.Event()
+        self._membership = trio.Event()
+        self._handshakes = trio.Semaphore(_MAX_HANDSHAKES)
+        self._ping: PingService | None = None
+        self.kad: MeshKad | None = None
+        self._provided: set[str] = set()
+        self._leaving = False
+        self.counters = dict.fromkeys(
+            ("frames_sent", "bytes_sent", "frames_received", "bytes_received"), 0
+        )
+
+    @classmethod
+    def on_host(cls, host: IHost, credentials: MeshCredentials, **options: Any) -> MeshService:
+        """Membership for an app's own py-libp2p host, which it runs (``host.run``)
+        before starting the service; ``options`` are ``MeshService``'s keywords."""
+        keypair = KeyPair(host.get_private_key(), host.get_public_key())
+        return cls(keypair, credentials, host=host, **options)
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def host(self) -> IHost:
+        assert self._host is not None, "MeshService is not running"
+        return self._host
+
+    def is_member(self, peer: ID) -> bool:
+        return peer in self.members
+
+    def view(self) -> MeshView:
+        """An immutable snapshot of the mesh, this node included."""
+        return self.state.snapshot()
+
+    def connections(self) -> list[dict[str, Any]]:
+        """This node's open libp2p connections: peer, transport, QUIC datagram size."""
+        if self._host is None:
+            return []
+        out = []
+        for peer, conns in self._host.get_network().get_connections_map().items():
+            for conn in conns:
+                quic = getattr(conn.muxed_conn, "_quic", None)
+                out.append(
+                    {
+                        "peer": peer.to_base58(),
+                        "transport": "quic" if quic is not None else "tcp",
+                        "datagram_size": getattr(quic, "_max_datagram_size", None),
+                    }
+                )
+        return out
+
+    def invite_token(self) -> str:
+        return InviteToken(self.credentials, tuple(self.addrs)).encode()
+
+    def announce_soon(self) -> None:
+        """Our own state changed (a model became ready, say): tell the mesh now."""
+        self._changed.set()
+
+    def members_only(
+        self, handler: Callable[[INetStream], Awaitable[None]]
+    ) -> Callable[[INetStream], Awaitable[None]]:
+        """Wrap a stream handler so that only mesh members reach it; others are reset."""
+
+        async def gated(stream: INetStream) -> None:
+            peer = stream.muxed_conn.peer_id
+            if not await self._wait_member(peer):
+                protocol = stream.get_protocol()
+                log.warning("reset %s stream from non-member %s", protocol, peer)
+                self._reject(peer, f"{protocol} stream before proving mesh membership")
+                await stream.reset()
+                return
+            await handler(stream)
+
+        return gated
+
+    def peers_status(self, now_mono: float) -> list[dict[str, Any]]:
+        """Other nodes as ``/api/status`` lists them."""
+        out = []
+        for peer in self.view():
+            if peer.id == self.node_id:
+                continue
+            out.append(
+                {
+                    "id": peer.id,
+                    "addrs": list(peer.addrs),
+                    "role": peer.role,
+                    "models_served": list(peer.models_served),
+                    "models_on_disk": [
+                        {"name": m.name, "size": m.size, "sha256": m.sha256}
+                        for m in peer.models_on_disk
+                    ],
+                    "memory_free": peer.memory_free,
+                    "memory_total": peer.memory_total,
+                    "rtt_ms": peer.rtt_ms,
+                    "last_seen": round(time.time() - (now_mono - peer.last_seen), 3),
+                    "version": peer.version,
+                }
+            )
+        return out
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._given_host is not None:
+            self._host = self._given_host
+            await self._serve(task_status)
+            return
+        host = mesh_host(self.keypair, self.listen)
+        self._host = host
+        async with host.run(listen_addrs=self.listen):
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        host = self.host
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._ping = PingService(host)
+                self.addrs = dialable_addrs(host, self.node_id)
+                host.set_stream_handler(AUTH, self._handle_auth)
+                if not self.client:
+                    host.set_stream_handler(GOSSIP, self.members_only(self._handle_gossip))
+                    self.kad = MeshKad(
+                        host,
+                        self.credentials.mesh_id,
+                        self.is_member,
+                        wait_member=self._wait_member,
+                        on_reject=self._reject,
+                    )
+                    await nursery.start(self.kad.run)
+                    self._refresh_own(force=True)
+                    nursery.start_soon(self._heartbeat)
+                    nursery.start_soon(self._reaper)
+                for peer, addrs in addrs_by_peer(self.bootstrap).items():
+                    nursery.start_soon(self._join_bootstrap, peer, addrs)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    # -- membership -----------------------------------------------------------
+
+    async def _wait_member(self, peer: ID) -> bool:
+        with trio.move_on_after(_MEMBERSHIP_GRACE):
+            while peer not in self.members:
+                await self._membership.wait()
+        return peer in self.members
+
+    def _admit(self, peer: ID) -> None:
+        if self._leaving:
+            return
+        first = peer not in self.members
+        self.members[peer] = trio.current_time()
+        self._membership.set()
+        self._membership = trio.Event()
+        if first:
+            log.info("peer %s proved mesh membership", peer)
+
+    def _link_up(self, peer: ID) -> None:
+        """Gossip with a member: open our outbound link and share the DHT with it.
+
+        Only for peers that gossip (we dialled them as a full node, or they opened
+        a gossip stream to us): passive clients never get here, so a server keeps
+        no gossip or DHT state for them.
+        """
+        if self.client or self._leaving or self._nursery is None or peer in self._links:
+            return
+        self._nursery.start_soon(self._run_link, peer)
+        if self.kad is not None:
+            addrs = self.host.get_peerstore().addrs(peer)
+            self._nursery.start_soon(self.kad.add_peer, peer, addrs)
+            # A newcomer's routing table is empty: offer our records to it too.
+            self._provided.clear()
+            self._nursery.start_soon(self._provide_records)
+
+    async def connect(self, peer: ID, addrs: Sequence[multiaddr.Multiaddr]) -> bool:
+        """Dial and authenticate ``peer`` if needed; True once it is a member."""
+        if peer in self.members:
+            return True
+        return await self._dial(Libp2pPeerInfo(peer, list(addrs)))
+
+    def _reject(self, peer: ID, reason: str) -> None:
+        self.rejections.append({"peer": str(peer), "reason": reason, "at": time.time()})
+
+    def drop(self, peer: ID) -> None:
+        """Forget a member that stopped answering: the next ``connect`` dials it anew."""
+        if peer in self.members:
+            self._forget(peer)
+
+    def _forget(self, peer: ID) -> None:
+        """Drop a member that left or died: its link, and its connection, which a dead
+        peer's QUIC would otherwise keep open until its idle timeout."""
+        self.members.pop(peer, None)
+        link = self._links.pop(peer, None)
+        if link is not None:
+            link.send.close()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._hang_up, peer)
+        self.on_change()
+
+    async def _hang_up(self, peer: ID) -> None:
+        with trio.move_on_after(_DIAL_TIMEOUT):
+            try:
+                await self.host.disconnect(peer)
+            except Exception as exc:
+                log.debug("closing the connection to %s: %r", peer, exc)
+
+    async def _join_bootstrap(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        """Dial a bootstrap peer until it admits us (it may start later)."""
+        if peer == self.peer_id:
+            return
+        delay = 1.0
+        while peer not in self.members:
+            await self._dial(Libp2pPeerInfo(peer, addrs))
+            if peer in self.members:
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _dial(self, info: Libp2pPeerInfo) -> bool:
+        peer = info.peer_id
+        if peer in self._dialing or peer == self.peer_id:
+            return False
+        self._dialing.add(peer)
+        self._last_dial[peer] = trio.current_time()
+        try:
+            with trio.fail_after(_DIAL_TIMEOUT):
+                await self.host.connect(info)
+            ok = await self._authenticate(peer)
+        except Exception as exc:  # libp2p raises many kinds; none may stop the node
+            log.info("could not reach %s: %s", peer, exc or type(exc).__name__)
+            return False
+        finally:
+            self._dialing.discard(peer)
+        if ok:
+            self._admit(peer)
+            self._link_up(peer)
+        return ok
+
+    def _handshake(self, side: type[_Side], peer: ID) -> _Side:
+        """A fresh handshake with ``peer``: our secret, both peer ids, a new nonce."""
+        return side(
+            secret=self.credentials.secret,
+            mesh_id=self.credentials.mesh_id,
+            local_peer_id=self.peer_id.to_bytes(),
+            remote_peer_id=peer.to_bytes(),
+            nonce=secrets.token_bytes(_auth.NONCE_LEN),
+        )
+
+    async def _authenticate(self, peer: ID) -> bool:
+        """Run the handshake as initiator; True if the peer proved the secret."""
+        with trio.fail_after(_AUTH_TIMEOUT):
+            stream = await self.host.new_stream(peer, [AUTH])
+            handshake = self._handshake(_auth.AuthInitiator, peer)
+            try:
+                await stream.write(encode_frame(handshake.start().to_map()))
+                await _drive(stream, handshake, _auth.MAX_FRAME)
+            finally:
+                await close_quietly(stream)
+        if not handshake.peer_verified:
+            log.warning("mesh handshake with %s failed: %s", peer, handshake.reason)
+            self._reject(peer, f"handshake failed: {handshake.reason}")
+            return False
+        return True
+
+    async def _handle_auth(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        async with self._handshakes:
+            handshake = self._handshake(_auth.AuthResponder, peer)
+            try:
+                with trio.fail_after(_AUTH_TIMEOUT):
+                    await _drive(stream, handshake, _auth.MAX_FRAME)
+            except Exception as exc:
+                log.info("mesh handshake from %s broke off: %r", peer, exc)
+            finally:
+                await close_quietly(stream)
+        if handshake.peer_verified:
+            self._admit(peer)
+        else:
+            log.warning("refused %s: %s", peer, handshake.reason or "handshake incomplete")
+            self._reject(peer, f"handshake failed: {handshake.reason or 'incomplete'}")
+
+    # -- gossip ---------------------------------------------------------------
+
+    def _refresh_own(self, *, force: bool = False) -> bool:
+        """Re-sign our announcement if anything in it changed. True if it did."""
+        local = self.local()
+        fields: dict[str, Any] = {
+            "mesh_id": self.credentials.mesh_id,
+            "addrs": list(self.addrs),
+            "role": local.role,
+            "models_served": list(local.models_served),
+            "models_on_disk": list(local.models_on_disk),
+            "memory_free": local.memory_free,
+            "memory_total": local.memory_total,
+            "request_rates": dict(local.request_rates),
+            "version": self.version,
+        }
+        if not force and fields == self._own_fields:
+            return False
+        self._seq = _gossip.next_seq(self._seq, time.time())
+        self._own = _gossip.sign({**fields, "seq": self._seq}, self.keypair.private_key)
+        self._own_fields = fields
+        self.state.apply_announcement(self._own, trio.current_time())
+        if self._nursery is not None:
+            self._nursery.start_soon(self._provide_records)
+        return True
+
+    async def _provide_records(self) -> None:
+        """Provider records in the mesh DHT: which models we serve and hold on disk."""
+        if self.kad is None or self._own is None:
+            return
+        keys = {served_key(m) for m in self._own.models_served}
+        keys |= {on_disk_key(m.sha256) for m in self._own.models_on_disk}
+        for key in sorted(keys - self._provided):
+            if await self.kad.provide(key):
+                self._provided.add(key)
+
+    async def providers(self, key: str) -> list[str]:
+        """Members the mesh DHT names as providers of ``key`` (see ``_kad``'s keys)."""
+        if self.kad is None:
+            return []
+        return [p.to_base58() for p in await self.kad.find_providers(key)]
+
+    async def _heartbeat(self) -> None:
+        next_beat = trio.current_time()
+        while True:
+            with trio.move_on_at(next_beat):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            now = trio.current_time()
+            if self._refresh_own() and self._own is not None:
+                self._broadcast(encode_frame(Announce(self._own).to_map()))
+            if now < next_beat:
+                continue
+            next_beat = now + self.heartbeat_interval
+            self.state.mark_seen(self.node_id, now)
+            frames = [encode_frame(d.to_map()) for d in _gossip.digests(self.state.digest())]
+            for link in list(self._links.values()):
+                for frame in frames:
+                    self._send(link, frame)
+            self._connect_to_known(now)
+            if self._nursery is not None:
+                for peer in list(self.members):
+                    self._nursery.start_soon(self._measure_rtt, peer)
+
+    async def _reaper(self) -> None:
+        """Bury peers silent for ``dead_after``, checked every second, not every heartbeat:
+        a death is then noticed at most a second after its deadline."""
+        while True:
+            await trio.sleep(min(_REAP_EVERY, self.heartbeat_interval))
+            self.state.mark_seen(self.node_id, trio.current_time())
+            self._bury(self.state.expire(trio.current_time(), self.dead_after))
+
+    def _bury(self, node_ids: Iterable[str]) -> None:
+        """Tell the mesh these peers are dead, and drop them here."""
+        for node_id in node_ids:
+            if node_id == self.node_id:
+                continue
+            log.warning("peer %s stopped answering; declaring it dead", node_id)
+            dead = self.state.dead().get(node_id, 0)
+            self._broadcast(encode_frame(Dead(node_id, dead).to_map()))
+            self._forget(ID.from_base58(node_id))
+
+    async def _probe(self, peer: ID) -> None:
+        """A gossip link broke: if the peer answers no ping either, it is dead now.
+
+        A killed process's TCP connection breaks at once, so this notices it in
+        about two seconds rather than after dead_after; a peer that still answers
+        just gets a new link at the next heartbeat.
+        """
+        for _ in range(_PROBES):
+            if await self.ping(peer, _PROBE_WAIT):
+                return
+        node_id = peer.to_base58()
+        held = self.state.announcement(node_id)
+        if held is not None and self.state.apply_dead(node_id, held.seq, trio.current_time()):
+            log.warning("peer %s is gone (link broken, no answer to pings)", node_id)
+            self._broadcast(encode_frame(Dead(node_id, held.seq).to_map()))
+            self._forget(peer)
+
+    def _connect_to_known(self, now: float) -> None:
+        """Keep a link to every live node we know of: the mesh is fully connected."""
+        if self._nursery is None:
+            return
+        for peer_info in self.view():
+            if peer_info.id == self.node_id:
+                continue
+            peer = ID.from_base58(peer_info.id)
+            if peer in self._links or peer in self._dialing:
+                continue
+            if now - self._last_dial.get(peer, -1e9) < _REDIAL_AFTER:
+                continue
+            self._nursery.start_soon(self._dial_known, peer, transport_addrs(peer_info.addrs))
+
+    async def _dial_known(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        """Dial a node learned by gossip; if it announced no usable address, ask the DHT."""
+        if not addrs and self.kad is not None:
+            found = await self.kad.find_peer(peer)
+            if found is None:
+                return
+            addrs = list(found.addrs)
+        await self._dial(Libp2pPeerInfo(peer, addrs))
+
+    async def _measure_rtt(self, peer: ID) -> None:
+        await self.ping(peer, _PING_TIMEOUT)
+
+    async def ping(self, peer: ID, within: float) -> bool:
+        """Ping ``peer`` once (libp2p ping); True if it answered within ``within`` s."""
+        if self._ping is None:
+            return False
+        with trio.move_on_after(within):
+            try:
+                rtts = await self._ping.ping(peer, ping_amt=1)
+            except Exception:
+                return False
+            if rtts:
+                self.state.record_rtt(peer.to_base58(), float(rtts[0]))
+                return True
+        return False
+
+    def _send(self, link: _Link, frame: bytes) -> None:
+        try:
+            link.send.send_nowait(frame)
+        except trio.WouldBlock:
+            log.warning("peer %s is not reading its gossip; dropping the link", link.peer)
+            self._drop_link(link)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._drop_link(link)
+
+    def _broadcast(self, frame: bytes, *, skip: ID | None = None) -> None:
+        if self._leaving:
+            return
+        for link in list(self._links.values()):
+            if link.peer != skip:
+                self._send(link, frame)
+
+    def _drop_link(self, link: _Link) -> None:
+        if self._links.get(link.peer) is link:
+            del self._links[link.peer]
+        link.send.close()
+
+    async def _run_link(self, peer: ID) -> None:
+        send, receive = trio.open_memory_channel[bytes](_LINK_BUFFER)
+        link = _Link(peer, send)
+        self._links[peer] = link
+        # Open with our view: our own announcement first, then what we hold.
+        if self._own is not None:
+            send.send_nowait(encode_frame(Announce(self._own).to_map()))
+        for digest in _gossip.digests(self.state.digest()):
+            send.send_nowait(encode_frame(digest.to_map()))
+        try:
+            with trio.fail_after(_DIAL_TIMEOUT):
+                link.stream = await self.host.new_stream(peer, [GOSSIP])
+            async with receive:
+                async for frame in receive:
+                    with trio.fail_after(_WRITE_TIMEOUT):
+                        await link.stream.write(frame)
+                    self.counters["frames_sent"] += 1
+                    self.counters["bytes_sent"] += len(frame)
+        except Exception as exc:
+            log.info("gossip link to %s ended: %r", peer, exc)
+            if not self._leaving and self._nursery is not None and peer in self.members:
+                self._nursery.start_soon(self._probe, peer)
+        finally:
+            self._drop_link(link)
+            if link.stream is not None:
+                with trio.CancelScope(shield=True):
+                    await close_quietly(link.stream)
+            link.done.set()
+
+    async def _handle_gossip(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        self._link_up(peer)  # it gossips with us, so we gossip with it
+        decoder = FrameDecoder(_gossip.MAX_FRAME)
+        try:
+            while True:
+                data = await stream.read(_gossip.MAX_FRAME)
+                if not data:
+                    return
+                self.counters["bytes_received"] += len(data)
+                for message in decoder.feed(data):
+                    self.counters["frames_received"] += 1
+                    self._on_message(peer, message)
+        except ProtocolError as exc:
+            log.warning("bad gossip from %s: %s", peer, exc)
+            self._reject(peer, f"bad gossip: {exc}")
+            await stream.reset()
+        except Exception as exc:  # StreamEOF, StreamReset, connection loss
+            log.debug("gossip stream from %s ended: %r", peer, exc)
+        finally:
+            await close_quietly(stream)
+
+    def _on_message(self, sender: ID, raw: Mapping[str, Any]) -> None:
+        now = trio.current_time()
+        self.state.mark_seen(sender.to_base58(), now)
+        try:
+            message = _gossip.parse_gossip_message(raw)
+        except ProtocolError as exc:
+            log.info("ignoring malformed gossip from %s: %s", sender, exc)
+            return
+        link = self._links.get(sender)
+        if isinstance(message, Announce):
+            ann = message.announcement
+            if ann.node_id == self.node_id:
+                return
+            if self.state.apply_announcement(ann, now):
+                self._broadcast(encode_frame(message.to_map()), skip=sender)
+                self._connect_to_known(now)
+                self.on_change()
+        elif isinstance(message, Digest):
+            if link is None:
+                return
+            wanted = self.state.missing_from(message.entries)
+            if wanted:
+                self._send(link, encode_frame(Want(tuple(wanted)).to_map()))
+            for ann in self.state.newer_than(message.entries):
+                self._send(link, encode_frame(Announce(ann).to_map()))
+            for dead in self.state.newer_deaths(message.entries):
+                self._send(link, encode_frame(dead.to_map()))
+            if self.node_id in self.state.dead() or (
+                self.node_id in message.entries
+                and self._own is not None
+                and message.entries[self.node_id] > self._own.seq
+            ):
+                self._refresh_own(force=True)
+                self._changed.set()
+        elif isinstance(message, Want):
+            if link is None:
+                return
+            for ann in self.state.announcements_for(message.node_ids):
+                self._send(link, encode_frame(Announce(ann).to_map()))
+        elif isinstance(message, Leaving):
+            if self.state.apply_leaving(message, now):
+                log.info("peer %s left the mesh", message.node_id)
+                self._broadcast(encode_frame(message.to_map()), skip=sender)
+                self._forget(ID.from_base58(message.node_id))
+        elif isinstance(message, Dead):
+            self._on_dead(sender, message, now)
+
+    def _on_dead(self, sender: ID, message: Dead, now: float) -> None:
+        if message.node_id == self.node_id:
+            # Rumours of our death: say otherwise, with a newer announcement.
+            self._refresh_own(force=True)
+            self._changed.set()
+            return
+        seen = self.state.last_seen(message.node_id)
+        if seen is not None and now - seen < self.heartbeat_interval * 2:
+            return  # we heard from it ourselves just now; the sender's link is what broke
+        if self.state.apply_dead(message.node_id, message.seq, now):
+            log.info("peer %s reported dead by %s", message.node_id, sender)
+            self._broadcast(encode_frame(message.to_map()), skip=sender)
+            self._forget(ID.from_base58(message.node_id))
+
+    async def leave(self) -> None:
+        """Tell every member we are going, so they drop us at once, not after dead_after.
+
+        Call it before cancelling ``run``: it needs the links still up.
+        """
+        if self._own is None:
+            return
+        self._leaving = True
+        self._seq = _gossip.next_seq(self._seq, time.time())
+        leaving = _gossip.sign_leaving(
+            self._seq, self.credentials.mesh_id, self.keypair.private_key
+        )
+        frame = encode_frame(leaving.to_map())
+        links = list(self._links.values())
+        for link in links:
+            self._send(link, frame)
+            link.send.close()  # the link task writes what is queued, then closes
+        with trio.move_on_after(_LEAVE_GRACE):
+            for link in links:
+                await link.done.wait()
+
+
+async def _drive(
+    stream: INetStream,
+    handshake: _auth.AuthInitiator | _auth.AuthResponder,
+    max_frame: int,
+) -> None:
+    """Feed handshake messages until it is done or failed, writing its replies."""
+    decoder = FrameDecoder(max_frame)
+    while handshake.state not in (_auth.AuthState.DONE, _auth.AuthState.FAILED):
+        data = await stream.read(max_frame)
+        if not data:
+            return
+        try:
+            messages = decoder.feed(data)
+        except ProtocolError as exc:
+            handshake.receive({"t": "malformed", "error": str(exc)})
+            return
+        for message in messages:
+            reply = handshake.receive(message)
+            if reply is not None:
+                await stream.write(encode_frame(reply.to_map()))
+            if handshake.state in (_auth.AuthState.DONE, _auth.AuthState.FAILED):
+                return

@@ -1,0 +1,95 @@
+"""A node's configuration: ``NodeConfig`` and its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._errors import ConfigError
+from ..api._gateway import DEFAULT_MAX_BODY
+from ..inference._models import default_home
+from ..transport._host import DEFAULT_LISTEN
+
+DEFAULT_API_PORT = 9337
+DEFAULT_CONSOLE_PORT = 3131
+#: A request without max_tokens stops here: long enough for most answers, short enough
+#: that a model that never ends its turn cannot hold a worker for minutes.
+DEFAULT_MAX_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to start. The CLI builds one from its flags."""
+
+    home: Path = field(default_factory=default_home)
+    #: Model specs: a .gguf path, a file name in the model store, or a catalog
+    #: name. Empty means the default model.
+    models: tuple[str, ...] = ()
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    console_host: str = "127.0.0.1"
+    console_port: int = DEFAULT_CONSOLE_PORT
+    #: llama.cpp threads per model for generation and for prompts; None shares the
+    #: machine's cores among the models (``default_threads``). ``threads_batch``
+    #: defaults to ``threads`` when only that is given.
+    threads: int | None = None
+    threads_batch: int | None = None
+    ctx_size: int = 4096
+    #: Tokens generated for a request without max_tokens (0: up to the context).
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    max_body: int = DEFAULT_MAX_BODY
+    #: Memory this node offers (bytes); None means what the machine has.
+    max_vram: int | None = None
+    max_queue: int = 64
+    queue_timeout: float = 300.0
+    #: An invite token: join that mesh instead of starting (or rejoining) one.
+    join: str | None = None
+    #: libp2p listen multiaddrs (QUIC and TCP on all interfaces by default).
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    #: Seconds between gossip heartbeats, and of silence before a peer is dead.
+    heartbeat_interval: float = 5.0
+    dead_after: float = 12.0
+    #: A passive client: API only, no model, no gossip; needs ``join``.
+    client: bool = False
+    #: Serve no model this time, whatever the home served before: offer memory only.
+    standby: bool = False
+    #: Send requests whose prompts start the same to the same host (KV cache reuse).
+    prefix_affinity: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("api_port", "console_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name.replace('_', ' ')} {port} is not a port number")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads must be at least 1")
+        if self.threads_batch is not None and self.threads_batch < 1:
+            raise ConfigError("prompt threads must be at least 1")
+        if self.ctx_size < 64:
+            raise ConfigError("context size must be at least 64 tokens")
+        if self.default_max_tokens < 0:
+            raise ConfigError("default max tokens must be 0 (up to the context) or more")
+        if self.client and self.join is None:
+            raise ConfigError("--client needs --join TOKEN: a client joins an existing mesh")
+        if self.client and self.models:
+            raise ConfigError("--client serves no model; drop --model or --client")
+        if self.standby and (self.models or self.client):
+            other = "--client" if self.client else "--model"
+            raise ConfigError(f"--standby serves no model; drop {other} or --standby")
+        if not 0 < self.heartbeat_interval < self.dead_after:
+            raise ConfigError("the heartbeat interval must be positive and below dead-after")
+
+
+def default_threads(models: int, cores: int) -> tuple[int, int]:
+    """llama.cpp threads per model: (generation, prompt), the cores but one shared by
+    the models.
+
+    llama.cpp's threads meet at a barrier for every layer, so with a thread on each
+    core, one core taken by another process (or by this node's own event loop) makes
+    every step wait for the thread that lost it: `make bench-threads` on two cores, a
+    16-token chat 2.9-4.6x slower and a long prompt 2.5-2.9x, against 1.2-1.7x and
+    1.6-2.2x with one thread. A quiet, dedicated machine gains by ``--threads-batch``
+    set to every core (prompts about twice as fast on two cores).
+    """
+    share = max(1, (cores - 1) // max(1, models))
+    return share, share
