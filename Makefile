@@ -38,8 +38,8 @@ run: install
 	$(VENV)/bin/meshp2p node $(RUN_MODEL) $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check meshp2p cli tests interop protocols
-	$(VENV)/bin/ruff format --check meshp2p cli tests interop protocols
+	$(VENV)/bin/ruff check meshp2p cli tests interop protocols docs/examples
+	$(VENV)/bin/ruff format --check meshp2p cli tests interop protocols docs/examples
 
 typecheck: install
 	$(VENV)/bin/mypy
