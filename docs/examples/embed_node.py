@@ -22,6 +22,7 @@ async def main() -> None:
                 json={
                     "model": "gemma-3-270m-Q4_K_M",
                     "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                    "max_tokens": 64,
                 },
             )
         print(reply.json()["choices"][0]["message"]["content"])
