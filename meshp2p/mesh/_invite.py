@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import cbor2
 from multiaddr import Multiaddr
 
 from .._errors import ConfigError, MeshError
+from .._private_files import read_private, write_private
 
 TOKEN_PREFIX = "mp1."
 TOKEN_VERSION = 1
@@ -113,8 +113,9 @@ def load_credentials(home: Path) -> MeshCredentials | None:
     path = home / MESH_FILE
     if not path.exists():
         return None
+    raw = read_private(path)  # it holds the mesh secret
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(raw)
         creds = MeshCredentials(str(data["mesh_id"]), bytes.fromhex(data["secret"]))
     except (ValueError, KeyError, TypeError):
         raise ConfigError(
@@ -137,17 +138,5 @@ def stored_bootstrap(home: Path) -> tuple[str, ...]:
 
 def save_credentials(home: Path, creds: MeshCredentials, bootstrap: tuple[str, ...]) -> None:
     """Keep the mesh id, secret and join addresses in ``home/mesh.json`` (mode 0600)."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / MESH_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        record = {
-            "mesh_id": creds.mesh_id,
-            "secret": creds.secret.hex(),
-            "bootstrap": list(bootstrap),
-        }
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    record = {"mesh_id": creds.mesh_id, "secret": creds.secret.hex(), "bootstrap": list(bootstrap)}
+    write_private(home / MESH_FILE, json.dumps(record).encode())

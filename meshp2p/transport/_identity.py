@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -11,6 +10,7 @@ from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
 
 from .._errors import ConfigError
+from .._private_files import read_private, write_private
 
 KEY_FILE = "node.key"
 
@@ -24,27 +24,16 @@ def load_or_create_key(home: Path) -> KeyPair:
     """
     path = home / KEY_FILE
     if path.exists():
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
-            )
+        data = read_private(path)
         try:
-            private = deserialize_private_key(path.read_bytes())
+            private = deserialize_private_key(data)
         except Exception as exc:
             raise ConfigError(
                 f"{path} is not a libp2p private key ({exc}); move it away to make a new identity"
             ) from None
         return KeyPair(private, private.get_public_key())
-    home.mkdir(parents=True, exist_ok=True)
     pair = create_new_key_pair()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pair.private_key.serialize())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(path, pair.private_key.serialize())
     return pair
 
 
