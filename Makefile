@@ -13,7 +13,8 @@ DEFAULT_MODEL := gemma-3-270m-Q4_K_M
 RUN_MODEL := $(if $(filter --model --model=% --client --standby,$(ARGS)),,--model $(DEFAULT_MODEL))
 
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
-	bench-route bench-affinity bench-transport bench-split bench-threads interop interop-install clean
+	bench-route bench-affinity bench-transport bench-split bench-threads interop interop-install clean \
+	relay-install
 
 install: $(STAMP)
 
@@ -46,7 +47,19 @@ typecheck: install
 
 check: lint typecheck
 
-pytest: install
+# A real Nostr relay for the discovery tests, in a virtual environment of its own
+# (its web stack must not mix with the project's dependencies).
+RELAY_VENV := .venv-relay
+RELAY_STAMP := $(RELAY_VENV)/.meshp2p-installed
+
+relay-install: $(RELAY_STAMP)
+
+$(RELAY_STAMP): Makefile
+	@test -x $(RELAY_VENV)/bin/python || $(PYTHON) -m venv $(RELAY_VENV)
+	$(RELAY_VENV)/bin/python -m pip install --quiet nostr-relay==1.14
+	@touch $@
+
+pytest: install relay-install
 	@# pytest exits 5 when it collects no tests: not a failure of the build.
 	$(VENV)/bin/pytest $(PYTEST_ARGS) || test $$? -eq 5
 
@@ -92,4 +105,4 @@ bench-threads: install
 	$(PY) tests/bench/bench_threads.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache interop/node_modules interop/.deps
+	rm -rf $(VENV) $(RELAY_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache interop/node_modules interop/.deps

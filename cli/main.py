@@ -17,6 +17,8 @@ from meshp2p.inference import InferenceWorker, ModelStore, ProgressBar, default_
 from meshp2p.node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, DEFAULT_MAX_TOKENS
 from meshp2p.transport import DEFAULT_LISTEN
 
+from . import discovery
+
 
 def _size(text: str) -> int:
     try:
@@ -168,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="silence after which a peer is declared dead (default 12)",
     )
+    discovery.add_node_options(node)
 
     sub.add_parser("models", parents=[common], help="list the models in the store and the catalog")
+    discovery.add_discover_command(sub, common)
     sub.add_parser(
         "doctor",
         parents=[common],
@@ -200,6 +204,11 @@ async def _run_node(config: NodeConfig) -> None:
         print(f"console: {node.console_url}", flush=True)
         assert node.mesh is not None
         print(f"invite: {node.mesh.invite_token()}", flush=True)
+        if node.config.publish:
+            print(
+                "published: this mesh is listed on Nostr with its invite token; anyone can join",
+                flush=True,
+            )
         for worker in node.workers:
             nursery.start_soon(_report_states, worker)
 
@@ -243,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "models":
             _list_models(home)
             return
+        if args.command == "discover":
+            discovery.run_discover(args, home)
+            return
         if args.command == "doctor":
             from meshp2p.inference._llamacpp import main as check_llamacpp
 
@@ -268,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
             heartbeat_interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             listen=tuple(args.listen) or DEFAULT_LISTEN,
+            **discovery.node_config(args),
         )
         trio.run(_run_node, config)
     except MeshError as exc:

@@ -480,7 +480,68 @@ def rpc_tensor_vectors() -> list[dict[str, Any]]:
     ]
 
 
+# Discovery (protocols/discovery.md): Nostr events, not CBOR frames. BIP-340 signatures
+# are deterministic given their auxiliary randomness, fixed here to zeros.
+NOSTR_SECRET = hashlib.sha256(b"meshp2p test vector nostr key").digest()
+NOSTR_AUX = bytes(32)
+DISCOVERY_TIME = 1_800_000_000
+DISCOVERY_MESH_ID = "0011223344556677"
+RENDEZVOUS_NONCE = bytes(range(0x60, 0x6C))
+
+
+def discovery_vectors() -> list[dict[str, Any]]:
+    from meshp2p.discovery import _listing, _nostr
+
+    key = _nostr.NostrKey(NOSTR_SECRET)
+    note = key.sign(1, [["t", "meshp2p"]], "hello, nostr", DISCOVERY_TIME, aux=NOSTR_AUX)
+    listing = _listing.MeshListing(
+        mesh_id=DISCOVERY_MESH_ID,
+        invite="mp1.test-vector-token",
+        name="poker-night",
+        region="eu-west",
+        models_served=("gemma-3-270m-Q4_K_M",),
+        models_on_disk=("gemma-3-270m-Q4_K_M", "Llama-3.2-1B-Instruct-Q4_K_M"),
+        memory_total=32 * 2**30,
+        nodes=3,
+        clients=1,
+        max_clients=20,
+        version="0.1.0",
+        publisher="12D3KooWTestPublisher",
+    )
+    listed = _listing.listing_event(key, listing, DISCOVERY_TIME, aux=NOSTR_AUX)
+    record = _listing.RendezvousRecord(
+        "12D3KooWTestMember", ("/ip4/192.0.2.7/udp/4001/quic-v1/p2p/12D3KooWTestMember",), 17
+    )
+    sealed = _listing.rendezvous_event(
+        key, SECRET, record, DISCOVERY_TIME, nonce=RENDEZVOUS_NONCE, aux=NOSTR_AUX
+    )
+    return [
+        {
+            "name": "signed-event",
+            "event": note.to_json(),
+            "check": {"secret_key": NOSTR_SECRET.hex(), "aux": NOSTR_AUX.hex()},
+        },
+        {
+            "name": "mesh-listing",
+            "event": listed.to_json(),
+            "check": {"listing": json.loads(listed.content)},
+        },
+        {
+            "name": "rendezvous-record",
+            "event": sealed.to_json(),
+            "check": {
+                "mesh_secret": SECRET.hex(),
+                "key": _listing.rendezvous_key(SECRET).hex(),
+                "tag": _listing.rendezvous_tag(SECRET, DISCOVERY_TIME),
+                "nonce": RENDEZVOUS_NONCE.hex(),
+                "record": {"node": record.node_id, "addrs": list(record.addrs), "at": record.at},
+            },
+        },
+    ]
+
+
 BUILDERS: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "discovery.json": discovery_vectors,
     "auth.json": auth_vectors,
     "gossip.json": gossip_vectors,
     "route.json": route_vectors,

@@ -72,7 +72,14 @@ def with_chat_template(model: Path, out: Path, template: str) -> Path:
 class NodeProcess:
     """A ``meshp2p node`` running as a real child process, on free loopback ports."""
 
-    def __init__(self, home: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+    ) -> None:
+        """``wrap`` prefixes the command (``ip netns exec NS`` runs it in a namespace)."""
         self.home = home
         # Tests stay on loopback: the mesh listens on 127.0.0.1 unless a test says otherwise.
         listen = (
@@ -86,6 +93,7 @@ class NodeProcess:
             ]
         )
         command = [
+            *(wrap or []),
             sys.executable,
             "-m",
             "meshp2p_cli",
@@ -229,6 +237,86 @@ def start_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             node.kill()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+RELAY_VENV = ROOT / ".venv-relay"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NostrRelay:
+    """A real Nostr relay (PyPI ``nostr-relay``) on a free loopback port, with its
+    own sqlite database. ``make relay-install`` puts it in ``.venv-relay``."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = RELAY_VENV / "bin" / "nostr-relay"
+        if not binary.exists():
+            raise RuntimeError(f"no Nostr relay at {binary}: run make relay-install")
+        packaged = next(RELAY_VENV.glob("lib/python*/site-packages/nostr_relay/config.yaml"))
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.db = workdir / "relay.sqlite3"
+        config = (
+            packaged.read_text()
+            .replace("sqlite+aiosqlite:///nostr.sqlite3", f"sqlite+aiosqlite:///{self.db}")
+            .replace("127.0.0.1:6969", f"127.0.0.1:{self.port}")
+            .replace("port: 6969", f"port: {self.port}")
+        )
+        path = workdir / "relay.yaml"
+        path.write_text(config)
+        self.log = (workdir / "relay.log").open("wb")
+        self.proc = subprocess.Popen(
+            [str(binary), "-c", str(path), "serve"],
+            cwd=workdir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # gunicorn forks workers: stop the whole group
+        )
+        wait_until(self._accepts, 30, f"the Nostr relay on port {self.port} to listen")
+
+    def _accepts(self) -> bool:
+        import socket
+
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the relay exited: {self.proc.returncode}")
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stored(self) -> list[str]:
+        """Every row the relay stored, as text: what an outsider can read."""
+        import sqlite3
+
+        with sqlite3.connect(self.db) as db:
+            tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
+            return [repr(row) for t in tables for row in db.execute(f"select * from {t}")]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def nostr_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Start real relays with ``nostr_relay()``; all are killed at teardown."""
+    relays: list[NostrRelay] = []
+
+    def start() -> NostrRelay:
+        relay = NostrRelay(tmp_path_factory.mktemp("relay"))
+        relays.append(relay)
+        return relay
+
+    yield start
+    for relay in relays:
+        relay.kill()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -242,4 +330,4 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-__all__ = ["NodeProcess", "pid_alive", "signal", "wait_until"]
+__all__ = ["NodeProcess", "NostrRelay", "free_port", "pid_alive", "signal", "wait_until"]

@@ -97,3 +97,9 @@ def test_validate_request_accepts_and_refuses(tmp_path: Path) -> None:
     assert ok == "m 8 False"
     assert refused.startswith('400 {"error": {"message": "\'temperature\' must be between')
     assert err == ""
+
+
+def test_nostr_listings_keep_the_newest_and_score_it(tmp_path: Path) -> None:
+    out, err = run_example("nostr_listings.py", home=tmp_path, timeout=60)
+    assert out == "poker-night: 3 nodes, listed 0 s ago, score 425.0\n"
+    assert err == ""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .._errors import ConfigError
 from ..api._gateway import DEFAULT_MAX_BODY
+from ..discovery._relay import DEFAULT_RELAYS
 from ..inference._models import default_home
 from ..transport._host import DEFAULT_LISTEN
 
@@ -56,6 +57,31 @@ class NodeConfig:
     standby: bool = False
     #: Send requests whose prompts start the same to the same host (KV cache reuse).
     prefix_affinity: bool = True
+    # Discovery (meshp2p.discovery). Relays are contacted only when one of these
+    # asks for it: --nostr-relay, --publish or --auto.
+    #: Nostr relay URLs; empty: the default public relays, if --publish or --auto.
+    nostr_relays: tuple[str, ...] = ()
+    #: Publish this mesh's listing (its invite token becomes public).
+    publish: bool = False
+    #: Join the best listed mesh (with ``mesh_name``: one of that name), else start one.
+    auto: bool = False
+    mesh_name: str | None = None
+    region: str | None = None
+    #: Listed as the most passive clients the mesh takes (listings only).
+    max_clients: int | None = None
+    #: Publish encrypted whereabouts for members to re-find each other (needs relays).
+    rendezvous: bool = True
+    #: Find members on the LAN by mDNS.
+    lan: bool = False
+    #: Seconds between listing republications (a listing lives two of them).
+    publish_interval: float = 60.0
+
+    @property
+    def relays(self) -> tuple[str, ...]:
+        """The Nostr relays this node talks to; empty when no discovery was asked for."""
+        if self.nostr_relays:
+            return self.nostr_relays
+        return DEFAULT_RELAYS if self.publish or self.auto else ()
 
     def __post_init__(self) -> None:
         for name in ("api_port", "console_port"):
@@ -79,6 +105,24 @@ class NodeConfig:
             raise ConfigError(f"--standby serves no model; drop {other} or --standby")
         if not 0 < self.heartbeat_interval < self.dead_after:
             raise ConfigError("the heartbeat interval must be positive and below dead-after")
+        self._check_discovery()
+
+    def _check_discovery(self) -> None:
+        if self.auto and self.join is not None:
+            raise ConfigError("--auto finds a mesh to join; drop --join or --auto")
+        if self.client and (self.publish or self.auto):
+            raise ConfigError("a --client neither publishes nor picks a mesh; it needs --join")
+        if (self.mesh_name or self.region or self.max_clients) and not (self.publish or self.auto):
+            raise ConfigError("--mesh-name, --region and --max-clients go with --publish or --auto")
+        if self.mesh_name is not None and not 0 < len(self.mesh_name) <= 64:
+            raise ConfigError("a mesh name has 1 to 64 characters")
+        if self.max_clients is not None and self.max_clients < 0:
+            raise ConfigError("--max-clients must be 0 or more")
+        if self.publish_interval < 1:
+            raise ConfigError("--publish-interval must be at least 1 second")
+        for url in self.nostr_relays:
+            if not url.startswith(("ws://", "wss://")):
+                raise ConfigError(f"--nostr-relay {url!r} is not a ws:// or wss:// URL")
 
 
 def default_threads(models: int, cores: int) -> tuple[int, int]:

@@ -55,6 +55,7 @@ from ..tensor._service import (
 )
 from ..transport._identity import load_or_create_key, peer_id
 from ._config import NodeConfig, default_threads
+from ._discovery import NodeDiscovery, pick_mesh
 from ._home import HomeLock, remember_models, remembered_models
 
 log = logging.getLogger("meshp2p.node")
@@ -103,13 +104,23 @@ class Node:
         self._stopping = trio.Event()
         self._changed = trio.Event()
         self._started = time.time()
-        self.credentials, self.bootstrap, self.new_mesh = self._mesh_membership()
+        self.discovery: NodeDiscovery | None = None
+        if config.auto:
+            # Which mesh is decided in run(), from the listings on Nostr.
+            self.credentials = load_credentials(config.home) or MeshCredentials.new()
+            self.bootstrap: tuple[str, ...] = ()
+            self.new_mesh = True
+        else:
+            self.credentials, self.bootstrap, self.new_mesh = self._mesh_membership(config.join)
 
-    def _mesh_membership(self) -> tuple[MeshCredentials, tuple[str, ...], bool]:
-        """Which mesh to be in: the invited one, the one this home was in, or a new one."""
+    def _mesh_membership(
+        self, join: str | None, *, fresh: bool = False
+    ) -> tuple[MeshCredentials, tuple[str, ...], bool]:
+        """Which mesh to be in: the invited one, the one this home was in, or a new one
+        (``fresh``: a new one whatever the home was in)."""
         home = self.config.home
-        if self.config.join is not None:
-            token = InviteToken.decode(self.config.join)
+        if join is not None:
+            token = InviteToken.decode(join)
             previous = load_credentials(home)
             if previous is not None and previous.mesh_id != token.credentials.mesh_id:
                 log.warning(
@@ -117,7 +128,7 @@ class Node:
                 )
             save_credentials(home, token.credentials, token.bootstrap)
             return token.credentials, token.bootstrap, False
-        stored = load_credentials(home)
+        stored = None if fresh else load_credentials(home)
         if stored is not None:
             return stored, stored_bootstrap(home), False
         created = MeshCredentials.new()
@@ -161,6 +172,8 @@ class Node:
         """Something ``wait_ready`` looks at changed: a worker, the mesh, the table."""
         self._changed.set()
         self._changed = trio.Event()
+        if self.discovery is not None:
+            self.discovery.changed()
 
     def view(self) -> MeshView:
         """An immutable snapshot of the mesh (this node included) for placement and routing."""
@@ -201,6 +214,7 @@ class Node:
             "lending": self.tensor_server.status() if self.tensor_server else [],
             # Since start, over all hosts: streams, refused, bytes each way, by reference.
             "lending_totals": dict(self.tensor_server.counters) if self.tensor_server else {},
+            "discovery": self.discovery.status() if self.discovery else None,
         }
 
     async def providers(self, model_id: str) -> dict[str, Any]:
@@ -311,6 +325,13 @@ class Node:
         # Fail on a taken port now, not after a long model download.
         _check_port_free(cfg.api_host, cfg.api_port, "--port")
         _check_port_free(cfg.console_host, cfg.console_port, "--console-port")
+        if cfg.auto:
+            token = await pick_mesh(cfg, cfg.home)
+            if token is None:
+                log.warning("no listed mesh answered; starting a new one")
+            self.credentials, self.bootstrap, self.new_mesh = self._mesh_membership(
+                token, fresh=True
+            )
         files = await trio.to_thread.run_sync(self.resolve_models)
         if not cfg.client:
             remember_models(cfg.home, [str(f.path) for f in files])
@@ -396,6 +417,10 @@ class Node:
                 for worker in self.workers:
                     await nursery.start(worker.run)
                     nursery.start_soon(self._announce_changes, worker)
+                discovery = NodeDiscovery(cfg, mesh, self.version)
+                if discovery.active:
+                    self.discovery = discovery
+                    await nursery.start(discovery.run)
                 api = await nursery.start(
                     serve, gateway, hypercorn_config(cfg.api_host, cfg.api_port, "meshp2p.api")
                 )
