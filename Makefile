@@ -13,7 +13,8 @@ DEFAULT_MODEL := gemma-3-270m-Q4_K_M
 RUN_MODEL := $(if $(filter --model --model=% --client --standby,$(ARGS)),,--model $(DEFAULT_MODEL))
 
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
-	bench-route bench-affinity bench-transport bench-split bench-threads interop interop-install clean \
+	bench-route bench-affinity bench-transport bench-split bench-threads bench-sim interop \
+	interop-install clean \
 	relay-install
 
 install: $(STAMP)
@@ -81,7 +82,7 @@ interop: install interop-install
 # Benchmarks print ratios against a baseline measured in the same run and
 # write their numbers to docs/benchmarks/, which docs/performance.md quotes.
 bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-split \
-	bench-threads
+	bench-threads bench-sim
 
 bench-gateway: install
 	$(PY) tests/bench/bench_gateway.py
@@ -103,6 +104,9 @@ bench-split: install
 
 bench-threads: install
 	$(PY) tests/bench/bench_threads.py
+
+bench-sim: install
+	$(PY) tests/bench/bench_sim.py
 
 clean:
 	rm -rf $(VENV) $(RELAY_VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache interop/node_modules interop/.deps

@@ -103,3 +103,11 @@ def test_nostr_listings_keep_the_newest_and_score_it(tmp_path: Path) -> None:
     out, err = run_example("nostr_listings.py", home=tmp_path, timeout=60)
     assert out == "poker-night: 3 nodes, listed 0 s ago, score 425.0\n"
     assert err == ""
+
+
+def test_plan_standby_gives_the_wanted_model_to_exactly_one_node(tmp_path: Path) -> None:
+    out, err = run_example("plan_standby.py", home=tmp_path, timeout=60)
+    lines = out.splitlines()
+    assert [line.split()[1] for line in lines] == ["stay", "serve", "stay"]
+    assert lines[1].startswith("standby-2: serve qwen-7b")
+    assert err == ""

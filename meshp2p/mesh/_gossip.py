@@ -98,6 +98,8 @@ class Announcement:
     signature: bytes
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this version does not know, kept so a relayed announcement still verifies."""
+    #: Optional (v1): models this node has taken on and is loading; absent when none.
+    models_loading: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         return hash((self.node_id, self.seq, self.signature))
@@ -120,6 +122,9 @@ class Announcement:
             "request_rates": dict(self.request_rates),
             "version": self.version,
             "public_key": self.public_key,
+            # Optional keys appear only when set: announcements without them keep the
+            # exact map (and signature) older nodes make.
+            **({"models_loading": list(self.models_loading)} if self.models_loading else {}),
         }
 
     @cached_property
@@ -143,6 +148,7 @@ _ANNOUNCEMENT_KEYS = frozenset(
         "version",
         "public_key",
         "signature",
+        "models_loading",
     )
 )
 _MODEL_FILE_KEYS = frozenset(("name", "size", "sha256"))
@@ -159,6 +165,11 @@ def parse_announcement(m: Mapping[str, Any]) -> Announcement:
     served = list_field(m, "models_served", max_len=MAX_MODELS_SERVED, where=where)
     on_disk = list_field(m, "models_on_disk", max_len=MAX_MODELS_ON_DISK, where=where)
     rates = map_field(m, "request_rates", max_len=MAX_REQUEST_RATES, where=where)
+    loading = (
+        list_field(m, "models_loading", max_len=MAX_MODELS_SERVED, where=where)
+        if "models_loading" in m
+        else []
+    )
     return Announcement(
         node_id=text_field(m, "node_id", max_len=MAX_NODE_ID_LEN, where=where),
         seq=uint_field(m, "seq", where=where),
@@ -175,7 +186,13 @@ def parse_announcement(m: Mapping[str, Any]) -> Announcement:
         version=text_field(m, "version", max_len=MAX_VERSION_LEN, min_len=0, where=where),
         public_key=bytes_field(m, "public_key", max_len=MAX_PUBLIC_KEY_LEN, where=where),
         signature=bytes_field(m, "signature", max_len=MAX_SIGNATURE_LEN, where=where),
-        extra={k: v for k, v in m.items() if k not in _ANNOUNCEMENT_KEYS},
+        # An empty models_loading list stays as received, so its signature still verifies.
+        extra={
+            k: v
+            for k, v in m.items()
+            if k not in _ANNOUNCEMENT_KEYS or (k == "models_loading" and not loading)
+        },
+        models_loading=tuple(_text_item(s, "models_loading", MAX_MODEL_NAME_LEN) for s in loading),
     )
 
 

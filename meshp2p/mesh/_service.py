@@ -83,6 +83,8 @@ class LocalState:
     memory_free: int
     memory_total: int
     request_rates: Mapping[str, float]
+    #: Models taken on and loading, not answering yet (the planner's doing).
+    models_loading: tuple[str, ...] = ()
 
 
 @dataclass
@@ -446,6 +448,8 @@ class MeshService:
             "request_rates": dict(local.request_rates),
             "version": self.version,
         }
+        if local.models_loading:
+            fields["models_loading"] = list(local.models_loading)
         if not force and fields == self._own_fields:
             return False
         self._seq = _gossip.next_seq(self._seq, time.time())

@@ -37,6 +37,8 @@ class PeerInfo:
     request_rates: Mapping[str, float] = field(default_factory=dict)
     version: str = ""
     seq: int = 0
+    #: Models the node has taken on and is loading (not answering yet).
+    models_loading: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         return hash((self.id, self.seq, self.last_seen))
@@ -252,6 +254,7 @@ class MeshState:
                 request_rates=dict(a.request_rates),
                 version=a.version,
                 seq=a.seq,
+                models_loading=a.models_loading,
             )
             for a in sorted(self._announcements.values(), key=lambda a: a.node_id)
         )

@@ -30,6 +30,10 @@ PENALTY_START_S = 5.0
 PENALTY_MAX_S = 60.0
 
 
+Pending = tuple[str, list[str]]
+"""A model nobody serves yet: its canonical name, and the nodes loading it."""
+
+
 @dataclass(frozen=True)
 class RemoteHost:
     node_id: str
@@ -47,6 +51,8 @@ class RequestRouter:
         http: httpx.AsyncClient,
         on_host_failure: Callable[[str], None] = lambda _node_id: None,
         prefix_affinity: bool = True,
+        pending: Callable[[str], Pending | None] = lambda _model: None,
+        on_request: Callable[[str], None] = lambda _model: None,
     ) -> None:
         self.node_id = node_id
         self.workers = workers
@@ -55,6 +61,12 @@ class RequestRouter:
         self.http = http
         self.on_host_failure = on_host_failure
         self.prefix_affinity = prefix_affinity
+        #: For a model nobody serves: None if no catalog or disk knows it, else its
+        #: canonical name and the nodes loading it.
+        self.pending = pending
+        #: Called with the canonical name of every known model a request asks for
+        #: (demand; names nobody knows are not counted).
+        self.on_request = on_request
         self.inflight: Counter[str] = Counter()
         self._last_served: dict[str, float] = {}
         self._penalties: dict[str, tuple[float, float]] = {}  # node -> (until, length)
@@ -123,6 +135,26 @@ class RequestRouter:
         known = self.models(hosts)
         canonical = self._canonical(model, known)
         if canonical is None:
+            waiting = self.pending(model)
+            if waiting is not None:
+                name, loading = waiting
+                self.on_request(name)
+                if loading:
+                    message = (
+                        f"model {name!r} is loading on node {loading[0]}; retry in a few seconds"
+                    )
+                else:
+                    message = (
+                        f"model {name!r} has no host yet: a node on standby takes a model "
+                        "with demand at its next planning round; retry shortly"
+                    )
+                raise ApiError(
+                    503,
+                    message,
+                    type="server_error",
+                    code="model_loading" if loading else "model_unavailable",
+                    headers={"retry-after": "10" if loading else "30"},
+                )
             seen = self._canonical(model, self._last_served)
             if seen is not None and time.monotonic() - self._last_served[seen] < RECENTLY_SERVED_S:
                 raise ApiError(
@@ -133,6 +165,7 @@ class RequestRouter:
                     headers={"retry-after": "5"},
                 )
             raise model_not_found(model, sorted(known))
+        self.on_request(canonical)
         local = next((w for w in self.workers() if w.model_id == canonical), None)
         candidates: list[Candidate] = []
         if local is not None and local.state == "ready":

@@ -124,6 +124,17 @@ def test_signature_covers_unknown_keys_and_survives_relaying() -> None:
     assert not verify(dropped)
 
 
+def test_models_loading_is_signed_when_present_and_absent_otherwise() -> None:
+    loading = through_the_wire(Announce(ann(0, 3, models_loading=["m2"]))).announcement
+    assert loading.models_loading == ("m2",) and verify(loading)
+    assert "models_loading" not in ann(0, 4).unsigned_map()  # older nodes' exact map
+    # A peer that sends an empty list has it kept as sent, so its signature holds.
+    empty = through_the_wire(Announce(ann(1, 5, models_loading=[]))).announcement
+    assert empty.models_loading == () and verify(empty)
+    with pytest.raises(ValueError):
+        ann(0, 6, models_loading=[""])
+
+
 def test_integer_request_rates_from_another_implementation_verify_as_sent() -> None:
     # A JavaScript peer's CBOR encoder writes 2.0 as the integer 2; we must not convert it.
     unsigned = {

@@ -1,0 +1,41 @@
+"""Demand-aware placement: which model each node serves, from the mesh view alone.
+
+- ``DemandMeter``: requests per model per minute entering the mesh at a node,
+  decayed over about a minute (gossiped as ``request_rates``); ``mesh_demand``
+  sums them over a view.
+- ``plan``: a pure function of the ``MeshView``, a node, its ``NodeState`` and the
+  time, returning a ``Decision`` (serve, switch or stay, with the reason). Every
+  node runs it on the same view and acts only on its own part; the simulator
+  (``make bench-sim``) runs the same function for a thousand simulated nodes.
+"""
+
+from ._demand import DemandMeter, mesh_demand
+from ._planner import (
+    DEFAULT_PARAMS,
+    Decision,
+    Need,
+    NodeState,
+    PlannerParams,
+    Round,
+    assign_standby,
+    hosts_of,
+    needs,
+    plan,
+    plan_round,
+)
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "Decision",
+    "DemandMeter",
+    "Need",
+    "NodeState",
+    "PlannerParams",
+    "Round",
+    "assign_standby",
+    "hosts_of",
+    "mesh_demand",
+    "needs",
+    "plan",
+    "plan_round",
+]
