@@ -21,7 +21,8 @@ module then checks the node's side of each exchange through its console and API:
 Then the reverse direction: the JS peer founds a mesh, prints an invite token, and a fresh
 node started with ``--join`` dials it (``reverse-dial``), proves membership to it as the
 initiator (``reverse-auth``) and gossips (``reverse-gossip``). ``vectors`` (transport ``-``)
-is the JS peer decoding and re-encoding every frame of ``protocols/vectors/`` byte for byte.
+is the JS peer decoding and re-encoding every frame of ``protocols/vectors/`` byte for byte,
+and checking the discovery vectors' Nostr events with @noble's secp256k1 and ciphers.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@
 import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { chacha20poly1305 } from '@noble/ciphers/chacha'
+import { schnorr } from '@noble/curves/secp256k1'
+import { hkdf } from '@noble/hashes/hkdf'
+import { hmac } from '@noble/hashes/hmac'
+import { sha256 as nobleSha256 } from '@noble/hashes/sha2'
 import { generateKeyPairFromSeed, publicKeyToProtobuf } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { computeMac, parseAuthMessage, transcript } from './auth.mjs'
@@ -115,6 +120,47 @@ function checkRpcCommand (vector, byName) {
   expectBytes('rewrite (host tunnel)', rewritten, bytes)
 }
 
+/**
+ * discovery.json: Nostr events (protocols/discovery.md), checked with @noble's
+ * secp256k1, hashes and ciphers: the id, the BIP-340 signature (and, with the vector's
+ * key and auxiliary randomness, the very same signature), the listing, and the
+ * rendezvous record's key, tag and sealed content.
+ */
+function checkDiscovery (vector) {
+  const e = vector.event
+  const serial = JSON.stringify([0, e.pubkey, e.created_at, e.kind, e.tags, e.content])
+  const id = hex(nobleSha256(utf8(serial)))
+  if (id !== e.id) throw new Error(`event id ${e.id}, computed ${id}`)
+  if (!schnorr.verify(fromHex(e.sig), fromHex(e.id), fromHex(e.pubkey))) {
+    throw new Error('signature does not verify')
+  }
+  const check = vector.check
+  if (vector.name === 'signed-event') {
+    const secret = fromHex(check.secret_key)
+    if (hex(schnorr.getPublicKey(secret)) !== e.pubkey) throw new Error('pubkey of the key differs')
+    const again = hex(schnorr.sign(fromHex(e.id), secret, fromHex(check.aux)))
+    if (again !== e.sig) throw new Error('signing again gives another signature')
+  } else if (vector.name === 'mesh-listing') {
+    if (!deepEqual(JSON.parse(e.content), check.listing)) throw new Error('listing content differs')
+  } else if (vector.name === 'rendezvous-record') {
+    const secret = fromHex(check.mesh_secret)
+    const key = hkdf(nobleSha256, secret, undefined, utf8('meshp2p/rendezvous/v1 key'), 32)
+    if (hex(key) !== check.key) throw new Error('rendezvous key differs')
+    const day = new Uint8Array(8)
+    new DataView(day.buffer).setBigUint64(0, BigInt(Math.floor(e.created_at / 86400)))
+    const tag = hex(hmac(nobleSha256, secret, concat([utf8('meshp2p/rendezvous/v1 tag'), day])))
+    const d = e.tags.find(t => t[0] === 'd')?.[1]
+    if (tag !== check.tag || d !== tag) throw new Error(`rendezvous tag ${d}, computed ${tag}`)
+    const sealed = Buffer.from(e.content, 'base64url')
+    const plain = chacha20poly1305(key, sealed.subarray(0, 12), utf8(tag)).decrypt(sealed.subarray(12))
+    if (!deepEqual(JSON.parse(Buffer.from(plain).toString('utf8')), check.record)) {
+      throw new Error('rendezvous record differs')
+    }
+  } else {
+    throw new Error(`no check for discovery vector ${vector.name}`)
+  }
+}
+
 /** One result per vector file: { file, ok, passed, total, failures: [..] }. */
 export async function checkVectors (dir) {
   const results = []
@@ -127,7 +173,9 @@ export async function checkVectors (dir) {
     let rpcSegments = 0
     for (const vector of vectors) {
       try {
-        if (file === 'rpc-tensor.json' && vector.name.startsWith('rpc:')) {
+        if (file === 'discovery.json') {
+          checkDiscovery(vector)
+        } else if (file === 'rpc-tensor.json' && vector.name.startsWith('rpc:')) {
           checkRpcCommand(vector, byName)
           if (vector.check) rpcSegments += 1
         } else {
