@@ -319,6 +319,23 @@ class Digest:
         return {TYPE_KEY: "digest", "entries": dict(self.entries)}
 
 
+#: A summary splits the view into this many buckets (by a hash of the node id).
+SUMMARY_BUCKETS = 16
+SUMMARY_HASH_LEN = 8
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The sender's view as one short hash per bucket of node ids: in a large mesh, the
+    heartbeat. A receiver answers the buckets that differ from its own with a Digest
+    of just those nodes (``_state.MeshState.bucket_digest``)."""
+
+    buckets: tuple[bytes, ...]
+
+    def to_map(self) -> dict[str, Any]:
+        return {TYPE_KEY: "summary", "buckets": list(self.buckets)}
+
+
 @dataclass(frozen=True)
 class Want:
     """Asks for the current announcements of these nodes."""
@@ -376,7 +393,7 @@ class Dead:
         return {TYPE_KEY: "dead", "node_id": self.node_id, "seq": self.seq}
 
 
-GossipMessage = Announce | Digest | Want | Leaving | Dead
+GossipMessage = Announce | Digest | Summary | Want | Leaving | Dead
 
 _LEAVING_KEYS = frozenset((TYPE_KEY, "node_id", "seq", "mesh_id", "public_key", "signature"))
 
@@ -416,6 +433,15 @@ def parse_gossip_message(m: Mapping[str, Any]) -> GossipMessage | None:
     if kind == "digest":
         entries = map_field(m, "entries", max_len=MAX_DIGEST_ENTRIES)
         return Digest({_node_id(k): uint_field(entries, k, where="digest ") for k in entries})
+    if kind == "summary":
+        buckets = list_field(m, "buckets", max_len=SUMMARY_BUCKETS)
+        if len(buckets) != SUMMARY_BUCKETS or not all(
+            isinstance(b, bytes) and len(b) == SUMMARY_HASH_LEN for b in buckets
+        ):
+            raise ProtocolError(
+                f"summary must hold {SUMMARY_BUCKETS} hashes of {SUMMARY_HASH_LEN} bytes"
+            )
+        return Summary(tuple(buckets))
     if kind == "want":
         ids = list_field(m, "node_ids", max_len=MAX_WANT)
         return Want(tuple(_node_id(i) for i in ids))

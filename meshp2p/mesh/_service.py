@@ -44,9 +44,10 @@ from ..transport._host import (
 from ..transport._streams import close_quietly
 from ..transport._wire import FrameDecoder, encode_frame
 from . import _auth, _gossip
-from ._gossip import Announce, Announcement, Dead, Digest, Leaving, Want
+from ._gossip import Announce, Announcement, Dead, Digest, Leaving, Summary, Want
 from ._invite import InviteToken, MeshCredentials
 from ._kad import MeshKad, on_disk_key, served_key
+from ._overlay import FULL_DIGEST_NODES, overlay_targets
 from ._state import MeshState, MeshView
 
 log = logging.getLogger("meshp2p.mesh")
@@ -68,6 +69,10 @@ _LEAVE_GRACE = 2.0
 _REAP_EVERY = 1.0
 _PROBES = 2
 _PROBE_WAIT = 1.0
+#: A member this node does not watch itself (no gossip link: in a large mesh) is
+#: buried after this many dead_after without any evidence of life; its watchers
+#: normally report its death long before.
+STALE_AFTER_FACTOR = 10
 
 
 _Side = TypeVar("_Side", _auth.AuthInitiator, _auth.AuthResponder)
@@ -95,6 +100,12 @@ class _Link:
     send: trio.MemorySendChannel[bytes]
     stream: INetStream | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    #: We chose this peer (dialled it, or target it in the overlay); else the link only
+    #: answers the peer's own link to us, and goes when that does.
+    initiated: bool = True
+    #: The peer sends Summaries (its view is large): answer in kind, so that it sends
+    #: us digests of the buckets where we differ (a joiner learns the mesh this way).
+    summaries: bool = False
 
 
 def _standby() -> LocalState:
@@ -147,6 +158,8 @@ class MeshService:
         self._host: IHost | None = None
         self._nursery: trio.Nursery | None = None
         self._links: dict[ID, _Link] = {}
+        #: Open gossip streams from each peer (its links to us).
+        self._inbound: dict[ID, int] = {}
         self._dialing: set[ID] = set()
         self._last_dial: dict[ID, float] = {}
         self._own: Announcement | None = None
@@ -308,16 +321,21 @@ class MeshService:
         if first:
             log.info("peer %s proved mesh membership", peer)
 
-    def _link_up(self, peer: ID) -> None:
+    def _link_up(self, peer: ID, *, initiated: bool) -> None:
         """Gossip with a member: open our outbound link and share the DHT with it.
 
         Only for peers that gossip (we dialled them as a full node, or they opened
         a gossip stream to us): passive clients never get here, so a server keeps
-        no gossip or DHT state for them.
+        no gossip or DHT state for them. ``initiated``: we chose the peer, rather than
+        answering its link to us.
         """
-        if self.client or self._leaving or self._nursery is None or peer in self._links:
+        if self.client or self._leaving or self._nursery is None:
             return
-        self._nursery.start_soon(self._run_link, peer)
+        held = self._links.get(peer)
+        if held is not None:
+            held.initiated = held.initiated or initiated
+            return
+        self._nursery.start_soon(self._run_link, peer, initiated)
         if self.kad is not None:
             addrs = self.host.get_peerstore().addrs(peer)
             self._nursery.start_soon(self.kad.add_peer, peer, addrs)
@@ -386,7 +404,7 @@ class MeshService:
             self._dialing.discard(peer)
         if ok:
             self._admit(peer)
-            self._link_up(peer)
+            self._link_up(peer, initiated=True)
         return ok
 
     def _handshake(self, side: type[_Side], peer: ID) -> _Side:
@@ -489,14 +507,22 @@ class MeshService:
                 continue
             next_beat = now + self.heartbeat_interval
             self.state.mark_seen(self.node_id, now)
-            frames = [encode_frame(d.to_map()) for d in _gossip.digests(self.state.digest())]
             for link in list(self._links.values()):
-                for frame in frames:
+                for frame in self._heartbeat_frames(link):
                     self._send(link, frame)
             self._connect_to_known(now)
             if self._nursery is not None:
                 for peer in list(self.members):
                     self._nursery.start_soon(self._measure_rtt, peer)
+
+    def _heartbeat_frames(self, link: _Link | None = None) -> list[bytes]:
+        """Full digests in a small mesh; in a large one (or to a peer that sends us
+        Summaries) a Summary of 16 short hashes, answered with digests of the buckets
+        that differ."""
+        entries = self.state.digest()
+        if len(entries) > FULL_DIGEST_NODES or (link is not None and link.summaries):
+            return [encode_frame(Summary(self.state.summary()).to_map())]
+        return [encode_frame(d.to_map()) for d in _gossip.digests(entries)]
 
     async def _reaper(self) -> None:
         """Bury peers silent for ``dead_after``, checked every second, not every heartbeat:
@@ -504,7 +530,10 @@ class MeshService:
         while True:
             await trio.sleep(min(_REAP_EVERY, self.heartbeat_interval))
             self.state.mark_seen(self.node_id, trio.current_time())
-            self._bury(self.state.expire(trio.current_time(), self.dead_after))
+            now = trio.current_time()
+            self._bury(
+                self.state.expire(now, self.dead_after, STALE_AFTER_FACTOR * self.dead_after)
+            )
 
     def _bury(self, node_ids: Iterable[str]) -> None:
         """Tell the mesh these peers are dead, and drop them here."""
@@ -534,18 +563,35 @@ class MeshService:
             self._forget(peer)
 
     def _connect_to_known(self, now: float) -> None:
-        """Keep a link to every live node we know of: the mesh is fully connected."""
+        """Keep links to this node's overlay targets (``_overlay``: every member, in a
+        mesh of at most DEGREE + 1), and close the links it chose that it no longer
+        targets, once its targets are linked."""
         if self._nursery is None:
             return
-        for peer_info in self.view():
-            if peer_info.id == self.node_id:
-                continue
-            peer = ID.from_base58(peer_info.id)
+        view = self.view()
+        targets = overlay_targets((p.id for p in view), self.node_id)
+        for node_id in targets:
+            peer = ID.from_base58(node_id)
             if peer in self._links or peer in self._dialing:
                 continue
             if now - self._last_dial.get(peer, -1e9) < _REDIAL_AFTER:
                 continue
-            self._nursery.start_soon(self._dial_known, peer, transport_addrs(peer_info.addrs))
+            info = view.peer(node_id)
+            addrs = transport_addrs(info.addrs) if info is not None else []
+            self._nursery.start_soon(self._dial_known, peer, addrs)
+        wanted = {ID.from_base58(t) for t in targets}
+        if len(wanted & set(self._links)) < len(wanted):
+            return  # not settled yet: keep every link until the targets are up
+        for peer, link in list(self._links.items()):
+            if link.initiated and peer not in wanted and peer not in self._inbound:
+                log.debug("overlay: closing our link to %s", peer)
+                self._unlink(link)
+
+    def _unlink(self, link: _Link) -> None:
+        """Close a link cleanly: its writer flushes and closes the stream, and the peer's
+        silence no longer means anything (others watch it)."""
+        self._drop_link(link)
+        self.state.unwatch(link.peer.to_base58())
 
     async def _dial_known(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         """Dial a node learned by gossip; if it announced no usable address, ask the DHT."""
@@ -594,15 +640,15 @@ class MeshService:
             del self._links[link.peer]
         link.send.close()
 
-    async def _run_link(self, peer: ID) -> None:
+    async def _run_link(self, peer: ID, initiated: bool = True) -> None:
         send, receive = trio.open_memory_channel[bytes](_LINK_BUFFER)
-        link = _Link(peer, send)
+        link = _Link(peer, send, initiated=initiated)
         self._links[peer] = link
         # Open with our view: our own announcement first, then what we hold.
         if self._own is not None:
             send.send_nowait(encode_frame(Announce(self._own).to_map()))
-        for digest in _gossip.digests(self.state.digest()):
-            send.send_nowait(encode_frame(digest.to_map()))
+        for frame in self._heartbeat_frames():
+            send.send_nowait(frame)
         try:
             with trio.fail_after(_DIAL_TIMEOUT):
                 link.stream = await self.host.new_stream(peer, [GOSSIP])
@@ -625,12 +671,15 @@ class MeshService:
 
     async def _handle_gossip(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        self._link_up(peer)  # it gossips with us, so we gossip with it
+        self._inbound[peer] = self._inbound.get(peer, 0) + 1
+        self._link_up(peer, initiated=False)  # it gossips with us, so we gossip with it
         decoder = FrameDecoder(_gossip.MAX_FRAME)
+        ended_cleanly = False
         try:
             while True:
                 data = await stream.read(_gossip.MAX_FRAME)
                 if not data:
+                    ended_cleanly = True
                     return
                 self.counters["bytes_received"] += len(data)
                 for message in decoder.feed(data):
@@ -643,6 +692,14 @@ class MeshService:
         except Exception as exc:  # StreamEOF, StreamReset, connection loss
             log.debug("gossip stream from %s ended: %r", peer, exc)
         finally:
+            self._inbound[peer] -= 1
+            if not self._inbound[peer]:
+                del self._inbound[peer]
+                link = self._links.get(peer)
+                # The peer closed its link on purpose (the overlay moved on): close the
+                # one that only answered it. A broken stream is the link task's to probe.
+                if ended_cleanly and link is not None and not link.initiated:
+                    self._unlink(link)
             await close_quietly(stream)
 
     def _on_message(self, sender: ID, raw: Mapping[str, Any]) -> None:
@@ -662,7 +719,19 @@ class MeshService:
                 self._broadcast(encode_frame(message.to_map()), skip=sender)
                 self._connect_to_known(now)
                 self.on_change()
+        elif isinstance(message, Summary):
+            if link is not None:
+                link.summaries = True
+            differing = self.state.differing_buckets(message.buckets)
+            agreed = set(range(len(message.buckets))) - set(differing)
+            self.state.vouch(self.state.bucket_members(agreed), now)
+            if differing and link is not None:
+                answer = Digest(self.state.bucket_digest(differing))
+                for part in _gossip.digests(answer.entries):
+                    self._send(link, encode_frame(part.to_map()))
         elif isinstance(message, Digest):
+            ours = self.state.digest()
+            self.state.vouch((n for n, seq in message.entries.items() if ours.get(n) == seq), now)
             if link is None:
                 return
             wanted = self.state.missing_from(message.entries)
@@ -698,7 +767,7 @@ class MeshService:
             self._refresh_own(force=True)
             self._changed.set()
             return
-        seen = self.state.last_seen(message.node_id)
+        seen = self.state.last_direct(message.node_id)
         if seen is not None and now - seen < self.heartbeat_interval * 2:
             return  # we heard from it ourselves just now; the sender's link is what broke
         if self.state.apply_dead(message.node_id, message.seq, now):

@@ -6,12 +6,15 @@ Sans-I/O: no streams, no clock reads (``now`` is always a parameter).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ._gossip import (
+    SUMMARY_BUCKETS,
+    SUMMARY_HASH_LEN,
     Announcement,
     Dead,
     Leaving,
@@ -19,6 +22,11 @@ from ._gossip import (
     verify,
     verify_leaving,
 )
+
+
+def bucket_of(node_id: str) -> int:
+    """The summary bucket of a node id (stable, spread evenly)."""
+    return hashlib.sha256(node_id.encode()).digest()[0] % SUMMARY_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class MeshState:
         self.max_dead = max_dead
         self.max_bytes = max_bytes
         self._announcements: dict[str, Announcement] = {}
+        self._direct: dict[str, float] = {}  # node -> last message from it, directly
         self._last_seen: dict[str, float] = {}
         self._rtt_ms: dict[str, float] = {}
         # Insertion order is burial order, so the oldest death is evicted first.
@@ -184,11 +193,26 @@ class MeshState:
         return True
 
     def mark_seen(self, node_id: str, now: float) -> bool:
-        """Record direct evidence that a known node is alive; False for an unknown node."""
+        """Record direct evidence (a message from the node itself) that a known node is
+        alive; False for an unknown node. Such a node is *watched*: its silence for
+        ``dead_after`` kills it (``expire``)."""
         if node_id not in self._announcements:
             return False
         self._last_seen[node_id] = max(now, self._last_seen[node_id])
+        self._direct[node_id] = max(now, self._direct.get(node_id, now))
         return True
+
+    def unwatch(self, node_id: str) -> None:
+        """We no longer exchange gossip with ``node_id`` directly (the overlay moved on):
+        its silence means nothing now; its watchers report its death."""
+        self._direct.pop(node_id, None)
+
+    def vouch(self, node_ids: Iterable[str], now: float) -> None:
+        """A member that watches others still holds these nodes alive: indirect evidence,
+        which keeps a node we do not watch from going stale."""
+        for node_id in node_ids:
+            if node_id in self._last_seen:
+                self._last_seen[node_id] = max(now, self._last_seen[node_id])
 
     def record_rtt(self, node_id: str, rtt_ms: float) -> bool:
         if node_id not in self._announcements or not math.isfinite(rtt_ms) or rtt_ms < 0:
@@ -196,16 +220,49 @@ class MeshState:
         self._rtt_ms[node_id] = rtt_ms
         return True
 
-    def expire(self, now: float, dead_after: float) -> list[str]:
-        """Bury every node not seen for more than ``dead_after`` seconds; return their ids
-        (sorted) so the driver can broadcast Dead notices for them."""
-        expired = sorted(n for n, seen in self._last_seen.items() if now - seen > dead_after)
+    def expire(self, now: float, dead_after: float, stale_after: float | None = None) -> list[str]:
+        """Bury dead nodes; return their ids (sorted) so the driver can broadcast Dead
+        notices for them. A watched node (``mark_seen``) is dead after ``dead_after``
+        seconds of silence; any other after ``stale_after`` (default ``dead_after``)
+        without any evidence: a new announcement of it, or a member vouching for it."""
+        stale = dead_after if stale_after is None else stale_after
+        expired = sorted(
+            n
+            for n, seen in self._last_seen.items()
+            if (now - self._direct[n] > dead_after if n in self._direct else now - seen > stale)
+        )
         for node_id in expired:
             self._bury(node_id, self._announcements[node_id].seq, now)
         return expired
 
     def digest(self) -> dict[str, int]:
         return {node_id: a.seq for node_id, a in self._announcements.items()}
+
+    def summary(self) -> tuple[bytes, ...]:
+        """One hash per bucket of the (node id, seq) entries, for a ``Summary``."""
+        buckets: list[list[str]] = [[] for _ in range(SUMMARY_BUCKETS)]
+        for node_id, announcement in self._announcements.items():
+            buckets[bucket_of(node_id)].append(f"{node_id}:{announcement.seq}")
+        return tuple(
+            hashlib.sha256("\n".join(sorted(b)).encode()).digest()[:SUMMARY_HASH_LEN]
+            for b in buckets
+        )
+
+    def differing_buckets(self, theirs: tuple[bytes, ...]) -> list[int]:
+        return [i for i, (a, b) in enumerate(zip(self.summary(), theirs, strict=True)) if a != b]
+
+    def bucket_digest(self, buckets: Iterable[int]) -> dict[str, int]:
+        """Our entries for these buckets only: the answer to a differing Summary."""
+        wanted = set(buckets)
+        return {n: a.seq for n, a in self._announcements.items() if bucket_of(n) in wanted}
+
+    def bucket_members(self, buckets: Iterable[int]) -> list[str]:
+        wanted = set(buckets)
+        return [n for n in self._announcements if bucket_of(n) in wanted]
+
+    def last_direct(self, node_id: str) -> float | None:
+        """When ``node_id`` last sent us a message itself; None if it never did."""
+        return self._direct.get(node_id)
 
     def missing_from(self, digest: Mapping[str, int]) -> list[str]:
         """Node ids a peer's digest lists at a seq newer than ours: what to Want."""
@@ -265,6 +322,7 @@ class MeshState:
         if held is not None:
             self._bytes -= _size(held)
         self._last_seen.pop(node_id, None)
+        self._direct.pop(node_id, None)
         self._rtt_ms.pop(node_id, None)
         grave = self._dead.pop(node_id, None)
         self._dead[node_id] = _Grave(max(seq, grave.seq if grave else seq), now)

@@ -9,7 +9,7 @@
   (``make bench-sim``) runs the same function for a thousand simulated nodes.
 """
 
-from ._demand import DemandMeter, mesh_demand
+from ._demand import AnnouncedRates, DemandMeter, mesh_demand, quantize
 from ._planner import (
     DEFAULT_PARAMS,
     Decision,
@@ -26,6 +26,7 @@ from ._planner import (
 
 __all__ = [
     "DEFAULT_PARAMS",
+    "AnnouncedRates",
     "Decision",
     "DemandMeter",
     "Need",
@@ -38,4 +39,5 @@ __all__ = [
     "needs",
     "plan",
     "plan_round",
+    "quantize",
 ]

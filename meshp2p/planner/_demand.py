@@ -8,7 +8,7 @@ node forwarded to it, so summing the rates of all nodes counts each request once
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 #: The time constant of the decay: a steady rate is reached to 63 % after this.
 TAU_S = 60.0
@@ -60,3 +60,55 @@ def mesh_demand(rates: Iterable[Mapping[str, float]]) -> dict[str, float]:
         for model, rate in node.items():
             total[model] = total.get(model, 0.0) + float(rate)
     return total
+
+
+#: Announced rates are rounded to quarter-decades (1, 1.8, 3.2, 5.6, 10, 18, ...).
+_STEPS_PER_DECADE = 4
+#: A lower or slightly higher rate waits this long before it is announced.
+REANNOUNCE_S = 300.0
+
+
+def quantize(rate: float) -> float:
+    """The announced value of a rate: the nearest quarter-decade, 0 below 0.5."""
+    if rate < 0.5:
+        return 0.0
+    step = round(math.log10(rate) * _STEPS_PER_DECADE)
+    return float(f"{10 ** (step / _STEPS_PER_DECADE):.2g}")
+
+
+def _step(rate: float) -> int:
+    return round(math.log10(rate) * _STEPS_PER_DECADE) if rate > 0 else -(10**6)
+
+
+#: An increase to at least this rate (requests per minute) is announced at once.
+URGENT_RATE = 10.0
+
+
+class AnnouncedRates:
+    """What a node gossips of its demand, changing seldom enough that a mesh of many
+    nodes is not flooded with it: rates are quantized; demand for a model nobody
+    serves, or a rise of two steps (x1.8) to ``URGENT_RATE`` or more, is announced at
+    once; anything else at most every ``min_interval`` seconds."""
+
+    def __init__(self, min_interval: float = REANNOUNCE_S) -> None:
+        self.min_interval = min_interval
+        self.current: dict[str, float] = {}
+        self.changed_at = -math.inf
+        self.changes = 0
+
+    def update(
+        self, rates: Mapping[str, float], now: float, unhosted: Container[str] = ()
+    ) -> dict[str, float]:
+        """The rates to announce now; ``unhosted``: models no node serves or loads."""
+        wanted = {m: q for m, r in rates.items() if (q := quantize(r)) > 0}
+        if wanted == self.current:
+            return self.current
+        urgent = any(
+            (m in unhosted and m not in self.current)
+            or (q >= URGENT_RATE and _step(q) - _step(self.current.get(m, 0.0)) >= 2)
+            for m, q in wanted.items()
+        )
+        if urgent or now - self.changed_at >= self.min_interval:
+            self.current, self.changed_at = wanted, now
+            self.changes += 1
+        return self.current

@@ -84,6 +84,21 @@ def main() -> int:
                 }
                 rows.append(row)
                 print(f"{n:>3} {elapsed:>11.2f} {row['frames']:>8} {row['bytes']:>9}")
+            # A change flooded through the whole mesh: a clean leave, seen by all others.
+            gone = nodes.pop(len(nodes) // 2)
+            gone_id = ids.pop(len(ids) // 2)
+            started = time.monotonic()
+            gone.stop()
+            while any(gone_id in {p["id"] for p in node.status()["peers"]} for node in nodes):
+                if time.monotonic() - started > 60:
+                    raise SystemExit("a leave was not seen by all within 60 s")
+                time.sleep(0.02)
+            leave_s = time.monotonic() - started
+            links = [len(node.status()["connections"]) for node in nodes]
+            print(
+                f"leave seen by all {len(nodes)} others in {leave_s:.2f} s; "
+                f"connections per node {min(links)}-{max(links)}"
+            )
         finally:
             stop_all(nodes)
     result = {
@@ -93,6 +108,8 @@ def main() -> int:
         "heartbeat_interval_s": args.heartbeat,
         "machine": machine(),
         "rows": rows,
+        "leave_seen_by_all_s": round(leave_s, 3),
+        "connections_per_node": [min(links), max(links)],
     }
     write_result(args.out, result)
     return 0
