@@ -8,6 +8,9 @@ module then checks the node's side of each exchange through its console and API:
 - ``gossip-seen``: the JS peer's signed announcement is in the node's ``/api/status`` peers;
 - ``route``: the answer the JS peer got over ``/mesh/route`` equals the node's own API answer
   to the same request;
+- ``route-apis``: the agent APIs over ``/mesh/route`` from the JS peer: an Anthropic
+  ``messages`` answer (and a bad one in Anthropic's error shape), ``embeddings`` of two
+  inputs of equal length, and a streamed ``responses`` answer with its named events;
 - ``kad``: ``GET /api/providers/<probe>`` makes the node walk its mesh DHT: its FIND_NODE and
   GET_PROVIDERS for the probe's key (the sha2-256 multihash of ``/mesh-model/served/<probe>``)
   must reach the JS peer and be answered by js-libp2p's kad-dht (the peer reports each inbound
@@ -59,6 +62,7 @@ CHECKS = (
     "gossip-seen",
     "route",
     "route-validation",
+    "route-apis",
     "kad",
     "leaving",
     "wrong-secret",
@@ -259,7 +263,7 @@ def _join_checks(
             ready = peer.event("ready", PEER_READY_TIMEOUT)
         except RuntimeError as exc:
             ready = {}
-            for name in (*JOIN_CHECKS, "route", "route-validation"):
+            for name in (*JOIN_CHECKS, "route", "route-validation", "route-apis"):
                 if name in peer.checks():
                     results.from_peer(peer, name)
                 else:
@@ -270,6 +274,7 @@ def _join_checks(
         peer_id = str(ready.get("peer_id"))
         _gossip_seen(results, node, peer_id)
         _route(results, node, peer, model_id)
+        results.from_peer(peer, "route-apis")
         _kad(results, node, peer, peer_id, node_id, ready)
         _leaving(results, node, peer, peer_id)
     finally:
@@ -574,7 +579,7 @@ def _transport_checks(transport: str, node_process: Any, model: Any, base: Path)
 
 
 STEP_CHECKS = {
-    "_join_checks": (*JOIN_CHECKS, "gossip-seen", "route", "kad", "leaving"),
+    "_join_checks": (*JOIN_CHECKS, "gossip-seen", "route", "route-apis", "kad", "leaving"),
     "_wrong_secret": ("wrong-secret",),
     "_reverse_checks": ("reverse-dial", "reverse-auth", "reverse-gossip"),
 }

@@ -249,6 +249,22 @@ def route_vectors() -> list[dict[str, Any]]:
         b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":'
         b'[{"index":0,"delta":{"content":"Hello"}}]}\n\n'
     )
+    responses = (
+        b'{"model":"gemma-3-270m-q4_k_m","input":[{"role":"user","content":"Hi"}],'
+        b'"instructions":"Be brief.","stream":true}'
+    )
+    messages = (
+        b'{"model":"gemma-3-270m-q4_k_m","max_tokens":64,"system":"Be brief.",'
+        b'"messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}]}'
+    )
+    count_tokens = b'{"model":"gemma-3-270m-q4_k_m","messages":[{"role":"user","content":"Hi"}]}'
+    embeddings = (
+        b'{"model":"gemma-3-270m-q4_k_m","input":["Hi","Hello"],"encoding_format":"base64"}'
+    )
+    messages_event = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"Hello"}}\n\n'
+    )
     request = _route.RouteRequest("req-0001", "chat", chat)
     hosts = [
         _route.HostEntry(
@@ -280,6 +296,22 @@ def route_vectors() -> list[dict[str, Any]]:
             _route.RouteRequest("req-0002", "completion", completion).to_map(),
         ),
         vector(
+            "client: request (responses, streaming)",
+            _route.RouteRequest("req-0003", "responses", responses).to_map(),
+        ),
+        vector(
+            "client: request (messages)",
+            _route.RouteRequest("req-0004", "messages", messages).to_map(),
+        ),
+        vector(
+            "client: request (count_tokens)",
+            _route.RouteRequest("req-0005", "count_tokens", count_tokens).to_map(),
+        ),
+        vector(
+            "client: request (embeddings)",
+            _route.RouteRequest("req-0006", "embeddings", embeddings).to_map(),
+        ),
+        vector(
             "client: request with an unknown key (ignored by v1 servers)",
             {**request.to_map(), "priority": 3},
         ),
@@ -294,6 +326,9 @@ def route_vectors() -> list[dict[str, Any]]:
             ).to_map(),
         ),
         vector("server: data", _route.ResponseData(sse).to_map()),
+        vector(
+            "server: data (a messages stream event)", _route.ResponseData(messages_event).to_map()
+        ),
         vector("server: end", _route.ResponseEnd().to_map()),
         vector(
             "server: unavailable (model not served here)",

@@ -277,6 +277,7 @@ async function cmdJoin (opts) {
     try { error = JSON.parse(a2.body?.toString('utf8') ?? '')?.error ?? null } catch {}
     const refused = a2.kind === 'answer' && a2.status === 400 && typeof error?.message === 'string'
     check('route-validation', T, refused, refused ? `an empty messages list got 400: ${error.message}` : `expected a 400 answer, got ${a2.kind} ${a2.status ?? a2.code ?? ''} ${a2.message ?? ''}`)
+    await routeApis(conn, model, T)
   } catch (err) {
     check('route', T, false, `route exchange failed: ${errText(err)}`, { model })
   }
@@ -296,6 +297,43 @@ async function cmdJoin (opts) {
 
   ready({ node_id: nodeId })
   return { node, mesh }
+}
+
+// The agent APIs ride /mesh/route as chat does (route.md's endpoint table): Anthropic
+// Messages (and its error shape), embeddings, and a streamed OpenAI Responses answer.
+async function routeApis (conn, model, T) {
+  const seen = []
+  const ask = async (endpoint, payload) => {
+    const stream = await conn.newStream(ROUTE_PROTOCOL)
+    const body = Buffer.from(JSON.stringify({ model, ...payload }))
+    const answer = await routeRequest(new FrameChannel(stream, ROUTE_MAX_FRAME), { id: `js-${randomBytes(4).toString('hex')}`, endpoint, body }, { firstByteMs: 60_000 })
+    if (answer.kind !== 'answer') throw new Error(`${endpoint}: ${answer.kind} ${answer.code}: ${answer.message}`)
+    const text = answer.body.toString('utf8')
+    let parsed = null
+    try { parsed = JSON.parse(text) } catch {}
+    return { status: answer.status, parsed, text }
+  }
+  try {
+    const m = await ask('messages', { max_tokens: 8, messages: [{ role: 'user', content: 'Say hello.' }] })
+    const said = m.parsed?.content?.[0]?.text
+    const messagesOk = m.status === 200 && m.parsed?.type === 'message' && typeof said === 'string'
+    seen.push(`messages ${m.status} ${messagesOk ? JSON.stringify(said) : m.text.slice(0, 200)}`)
+    const e = await ask('embeddings', { input: ['a', 'b'] })
+    const lengths = (e.parsed?.data ?? []).map(d => d?.embedding?.length ?? null)
+    const embeddingsOk = e.status === 200 && lengths.length === 2 && lengths[0] > 0 && lengths[0] === lengths[1]
+    seen.push(`embeddings ${e.status} lengths ${JSON.stringify(lengths)}`)
+    const r = await ask('responses', { input: 'Say hello.', max_output_tokens: 8, stream: true })
+    const events = [...r.text.matchAll(/^event: (\S+)$/gm)].map(x => x[1])
+    const last = events[events.length - 1]
+    const responsesOk = r.status === 200 && events[0] === 'response.created' && (last === 'response.completed' || last === 'response.incomplete')
+    seen.push(`responses stream ${r.status}: ${events.length} events, ${events[0]} .. ${last}`)
+    const bad = await ask('messages', { messages: [] })
+    const badOk = bad.status === 400 && bad.parsed?.type === 'error' && bad.parsed?.error?.type === 'invalid_request_error'
+    seen.push(`bad messages ${bad.status} ${bad.parsed?.error?.type}`)
+    check('route-apis', T, messagesOk && embeddingsOk && responsesOk && badOk, seen.join('; '))
+  } catch (err) {
+    check('route-apis', T, false, `${seen.join('; ')}${seen.length ? '; ' : ''}${errText(err)}`)
+  }
 }
 
 // -- found --------------------------------------------------------------------

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from ._openai import ApiError
+from ._openai import ApiError, ErrorStyle
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -74,9 +74,9 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: ApiError) -> None:
+async def send_error(send: Send, error: ApiError, style: ErrorStyle = "openai") -> None:
     headers = list(error.headers.items())
-    await send_json(send, error.status, error.body(), headers)
+    await send_json(send, error.status, error.body(style), headers)
 
 
 async def start_stream(

@@ -1,11 +1,15 @@
 """The OpenAI-compatible API of a node: an ASGI app that validates requests and relays them.
 
-It answers ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` and
-``/health`` for every model the mesh serves. Requests are validated here
-(``_openai``), then the router picks the host: this node's own worker or a
-remote node over ``/mesh/route``. A host that fails before its first byte is
-replaced by the next; streamed answers are passed on chunk by chunk, and a
-client that goes away cancels the generation wherever it runs.
+It answers ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``,
+``/v1/responses`` (OpenAI Responses), ``/v1/messages`` and ``/v1/messages/count_tokens``
+(Anthropic Messages, with Anthropic's error shape), ``/v1/embeddings`` and ``/health``
+for every model the mesh serves. With API keys set, every ``/v1`` request must carry one
+(401 otherwise). Requests are validated here (``_openai`` and its siblings), then the
+router picks the host: this node's own worker or a remote node over ``/mesh/route``. A
+host that fails before its first byte is replaced by the next; streamed answers are
+passed on chunk by chunk, and a client that goes away cancels the generation wherever
+it runs. Responses answered here are kept for ``previous_response_id``
+(``_response_store``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -21,6 +26,7 @@ import trio
 from ..route._router import RequestRouter
 from ..route._routing import affinity_key
 from ..route._upstream import HostUnavailable, UpstreamBroken, UpstreamResponse
+from ._anthropic import anthropic_error_body
 from ._asgi import (
     ClientGone,
     Receive,
@@ -32,15 +38,20 @@ from ._asgi import (
     send_json,
     watch_disconnect,
 )
+from ._keys import ApiKeys
 from ._openai import (
+    CHAT_LIKE,
     ApiError,
     Endpoint,
+    ErrorStyle,
     InferenceRequest,
     error_body,
     model_not_found,
     parse_request,
     sse,
 )
+from ._response_store import ResponseCapture, ResponseStore
+from ._shapes import sse_event
 
 log = logging.getLogger("meshp2p.gateway")
 
@@ -56,14 +67,24 @@ class Gateway:
         *,
         node_id: str,
         max_body: int = DEFAULT_MAX_BODY,
+        api_keys: Iterable[str] = (),
+        responses: ResponseStore | None = None,
     ) -> None:
         self.router = router
         self.node_id = node_id
         self.max_body = max_body
+        #: With keys, every /v1 request must carry one (Bearer or x-api-key).
+        self.keys = ApiKeys(api_keys)
+        #: Conversations kept for previous_response_id.
+        self.responses = responses if responses is not None else ResponseStore(clock=time.monotonic)
         self._routes: dict[str, dict[str, Callable[..., Any]]] = {
             "/v1/models": {"GET": self._models},
-            "/v1/chat/completions": {"POST": self._chat},
-            "/v1/completions": {"POST": self._completion},
+            "/v1/chat/completions": {"POST": self._endpoint("chat")},
+            "/v1/completions": {"POST": self._endpoint("completion")},
+            "/v1/responses": {"POST": self._endpoint("responses")},
+            "/v1/messages": {"POST": self._endpoint("messages")},
+            "/v1/messages/count_tokens": {"POST": self._endpoint("count_tokens")},
+            "/v1/embeddings": {"POST": self._endpoint("embeddings")},
             "/health": {"GET": self._health},
         }
 
@@ -75,7 +96,19 @@ class Gateway:
             return
         path: str = scope["path"].rstrip("/") or "/"
         method: str = scope["method"]
+        # Anthropic's clients read errors in Anthropic's shape.
+        style: ErrorStyle = "anthropic" if path.startswith("/v1/messages") else "openai"
         try:
+            if (path == "/v1" or path.startswith("/v1/")) and not self.keys.allows(
+                scope.get("headers", [])
+            ):
+                raise ApiError(
+                    401,
+                    "this node's API needs an API key: send 'Authorization: Bearer KEY' or "
+                    "'x-api-key: KEY' with a key the node was started with (--api-key)",
+                    code="invalid_api_key",
+                    headers={"www-authenticate": 'Bearer realm="meshp2p"'},
+                )
             if path.startswith("/v1/models/"):
                 await self._model(path[len("/v1/models/") :], send)
                 return
@@ -93,7 +126,7 @@ class Gateway:
                 )
             await handler(scope, receive, send)
         except ApiError as err:
-            await send_error(send, err)
+            await send_error(send, err, style)
         except ClientGone:
             pass
 
@@ -125,41 +158,56 @@ class Gateway:
         models = {m: e["state"] for m, e in self.router.models().items()}
         await send_json(send, 200, {"status": "ok", "node_id": self.node_id, "models": models})
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._inference("chat", scope, receive, send)
+    def _endpoint(self, endpoint: Endpoint) -> Callable[[Scope, Receive, Send], Any]:
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._inference(endpoint, scope, receive, send)
 
-    async def _completion(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._inference("completion", scope, receive, send)
+        return handle
 
     async def _inference(
         self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
     ) -> None:
         raw = await read_body(scope, receive, self.max_body)
-        request = parse_request(endpoint, raw, tools_supported=self.router.tools_supported)
-        model, upstreams = self.router.plan(request.model, affinity_key(endpoint, request.params))
+        conversation: list[dict[str, Any]] | None = None
+        if endpoint == "responses":
+            # previous_response_id names a conversation kept here: it travels in full.
+            raw, conversation = self.responses.expand(raw)
+        request = parse_request(endpoint, raw)
+        affinity = affinity_key("chat" if endpoint in CHAT_LIKE else endpoint, request.params)
+        model, upstreams = self.router.plan(request.model, affinity)
         if model != request.model:
             # The name resolved to another id: a node we forward to must see that id.
             body = json.dumps({**json.loads(raw), "model": model}).encode()
             request = dataclasses.replace(request, model=model, body=body)
+        capture = ResponseCapture(request.stream) if conversation is not None else None
         error: ApiError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope.cancel)
             try:
-                await self._answer(request, upstreams, send)
+                await self._answer(request, upstreams, send, capture)
             except ApiError as err:
                 error = err  # raised outside the nursery, not as an ExceptionGroup
             nursery.cancel_scope.cancel()
         if error is not None:
             raise error
+        answered = capture.result() if capture is not None else None
+        if conversation is not None and answered is not None:
+            self.responses.keep(conversation, answered)
 
-    async def _answer(self, request: InferenceRequest, upstreams: list[Any], send: Send) -> None:
+    async def _answer(
+        self,
+        request: InferenceRequest,
+        upstreams: list[Any],
+        send: Send,
+        capture: ResponseCapture | None = None,
+    ) -> None:
         """Try the hosts in order until one answers; relay its answer."""
         failures: list[str] = []
         for upstream in upstreams:
             with self.router.track(upstream.node_id):
                 try:
                     async with upstream.open(request) as response:
-                        if await self._relay(request, response, send):
+                        if await self._relay(request, response, send, capture):
                             self.router.host_ok(upstream.node_id)
                         else:
                             self.router.host_failed(upstream.node_id)
@@ -171,7 +219,8 @@ class Gateway:
                         request.model,
                         exc.message,
                     )
-                    if exc.code != "busy":
+                    # A busy host, or an older one without this endpoint, is fine otherwise.
+                    if exc.code not in ("busy", "unsupported"):
                         self.router.host_failed(upstream.node_id)
                     failures.append(exc.message)
         raise ApiError(
@@ -183,7 +232,11 @@ class Gateway:
         )
 
     async def _relay(
-        self, request: InferenceRequest, response: UpstreamResponse, send: Send
+        self,
+        request: InferenceRequest,
+        response: UpstreamResponse,
+        send: Send,
+        capture: ResponseCapture | None = None,
     ) -> bool:
         """Pass the answer on; False if the host broke off mid-answer."""
         headers = [(k.encode(), v.encode()) for k, v in response.headers]
@@ -191,14 +244,27 @@ class Gateway:
         if request.ignored:
             headers.append((b"x-meshp2p-ignored-fields", ",".join(request.ignored).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if capture is not None and response.status != 200:
+            capture = None
         try:
             async for chunk in response.body:
+                if capture is not None:
+                    capture.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamBroken as exc:
-            tail = b""
-            if request.stream:
-                tail = sse(error_body(str(exc), type="server_error", code="host_failed"))
+            tail = _broken_stream_event(request.endpoint, str(exc)) if request.stream else b""
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+
+def _broken_stream_event(endpoint: str, message: str) -> bytes:
+    """The event that ends a stream whose host broke off, in the endpoint's own shape."""
+    if endpoint == "messages":
+        return sse_event("error", anthropic_error_body(500, message))
+    if endpoint == "responses":
+        # The host's sequence numbers are not known here; the error event ends the stream.
+        event = {"type": "error", "code": "host_failed", "message": message, "param": None}
+        return sse_event("error", {**event, "sequence_number": 0})
+    return sse(error_body(message, type="server_error", code="host_failed"))

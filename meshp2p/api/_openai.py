@@ -15,7 +15,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Endpoint = Literal["chat", "completion"]
+Endpoint = Literal["chat", "completion", "responses", "messages", "count_tokens", "embeddings"]
+"""``chat`` /v1/chat/completions, ``completion`` /v1/completions, ``responses`` /v1/responses,
+``messages`` /v1/messages, ``count_tokens`` /v1/messages/count_tokens, ``embeddings``
+/v1/embeddings."""
+
+ErrorStyle = Literal["openai", "anthropic"]
+"""The shape of an error body: OpenAI's ``{"error": {...}}`` or Anthropic's
+``{"type": "error", "error": {...}}``."""
+
+#: Endpoints whose requests are conversations (a chat template renders them).
+CHAT_LIKE: frozenset[str] = frozenset({"chat", "responses", "messages", "count_tokens"})
+
+
+def error_style(endpoint: str) -> ErrorStyle:
+    """How ``endpoint`` writes its errors: Anthropic's shape for its Messages API."""
+    return "anthropic" if endpoint in ("messages", "count_tokens") else "openai"
 
 
 class ApiError(Exception):
@@ -39,7 +54,11 @@ class ApiError(Exception):
         self.code = code
         self.headers = dict(headers or {})
 
-    def body(self) -> dict[str, Any]:
+    def body(self, style: ErrorStyle = "openai") -> dict[str, Any]:
+        if style == "anthropic":
+            from ._anthropic import anthropic_error_body  # it builds on this module
+
+            return anthropic_error_body(self.status, self.message)
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
 
@@ -272,7 +291,7 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _tools(body: Mapping[str, Any], out: dict[str, Any], tools_supported: bool) -> None:
+def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
     tools = body.get("tools")
     functions = body.get("functions")
     if tools is None and functions is not None:
@@ -285,8 +304,8 @@ def _tools(body: Mapping[str, Any], out: dict[str, Any], tools_supported: bool) 
         if choice not in (None, "none"):
             raise _bad("'tool_choice' needs 'tools'", "tool_choice")
         return
-    if not tools_supported:
-        raise _unsupported("tools", "the model's chat template has no tool support")
+    # Every model takes tools: where its chat template has none, the worker emulates
+    # them (inference/_toolemu.py).
     if not isinstance(tools, list) or len(tools) > _MAX_TOOLS:
         raise _bad(f"'tools' must be a list of at most {_MAX_TOOLS} tools", "tools")
     for i, tool in enumerate(tools):
@@ -341,16 +360,25 @@ def parse_request(
     *,
     tools_supported: Callable[[str], bool] = lambda _model: False,
 ) -> InferenceRequest:
-    """Validate an API request body; raise ``ApiError`` (400) naming the bad field."""
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
-    # ValueError covers JSONDecodeError and integers past Python's digit limit.
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    """Validate an API request body; raise ``ApiError`` (400) naming the bad field.
+
+    ``tools_supported`` is no longer consulted: every model takes tools (emulated by the
+    worker where its chat template has none). It stays for callers that pass it.
+    """
+    body = json_object(raw)
+    if endpoint in ("responses", "messages", "count_tokens", "embeddings"):
+        # Imported here: those modules build on this one's helpers.
+        from ._anthropic import parse_messages
+        from ._embeddings import parse_embeddings
+        from ._responses import parse_responses
+
+        parsers = {
+            "responses": parse_responses,
+            "messages": parse_messages,
+            "count_tokens": parse_messages,
+            "embeddings": parse_embeddings,
+        }
+        return parsers[endpoint](endpoint, body, raw)
     model = _model(body)
     stream, include_usage = _stream(body)
     _single_choice(body)
@@ -381,7 +409,7 @@ def parse_request(
         # max_completion_tokens is the newer name; either bounds the answer.
         _positive_int(body, "max_tokens", "max_tokens", params)
         _positive_int(body, "max_completion_tokens", "max_tokens", params)
-        _tools(body, params, tools_supported(model))
+        _tools(body, params)
         _response_format(body, params)
         if body.get("logprobs"):
             raise _unsupported("logprobs", "log probabilities are not returned for chat")
@@ -429,6 +457,20 @@ def parse_request(
 
     ignored = tuple(sorted(k for k in body if k not in handled and k not in _NO_EFFECT))
     return InferenceRequest(endpoint, model, stream, include_usage, params, ignored, raw)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body parsed as a JSON object; ApiError (400) otherwise."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
+    # ValueError covers JSONDecodeError and integers past Python's digit limit.
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    return body
 
 
 class ResponseShaper:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..api._openai import ApiError
 from ._toolcalls import ToolCall, parse_tool_calls
+from ._toolemu import CALL_OPEN, any_call_grammar, emulate_tools, has_tool_turns, rewrite_messages
 
 # Sampling defaults, the same as llama-cpp-python's create_completion uses, so
 # a request gives the same tokens through the mesh as through the library.
@@ -40,6 +41,8 @@ class Finish:
     completion_tokens: int
     text: str
     tool_calls: list[ToolCall] = field(default_factory=list)
+    #: The stop string that ended the answer, if one did.
+    stop_sequence: str | None = None
 
 
 @dataclass
@@ -58,6 +61,10 @@ class PreparedRequest:
     stop_tokens: frozenset[int] = frozenset()
     #: The prompt ends in "Assistant:", so the answer's first token has a space.
     strip_leading_space: bool = False
+    #: Emulated tools (``_toolemu``): the grammar of a call after ``<tool_call>``, and
+    #: whether the answer must be one (then the prompt ends in ``<tool_call>``).
+    call_grammar: Any | None = None
+    call_forced: bool = False
 
 
 # Models without a chat template in their GGUF are base models, which know no
@@ -128,26 +135,17 @@ class Engine:
         llama = self.llama
         stop = list(params.get("stop", []))
         has_tools = bool(params.get("tools"))
+        call_grammar = None
+        call_forced = False
         if endpoint == "chat":
-            try:
-                formatted = self._formatter(
-                    messages=params["messages"],
-                    tools=params.get("tools"),
-                    tool_choice=params.get("tool_choice"),
-                )
-            except Exception as exc:  # jinja raises whatever the template author chose
-                raise ApiError(
-                    400, f"the model's chat template rejected the messages: {exc}", param="messages"
-                ) from None
-            prompt_text = formatted.prompt
-            tokens = llama.tokenize(
-                prompt_text.encode(), add_bos=not formatted.added_special, special=True
-            )
-            if isinstance(formatted.stop, str):
-                stop.append(formatted.stop)
-            elif formatted.stop:
-                stop.extend(formatted.stop)
+            prompt_text, tokens, template_stops, emulation = self._chat_prompt(params)
+            stop.extend(s for s in template_stops if s not in stop)
             stop.extend(s for s in self.turn_stop_strings if s not in stop)
+            if emulation is not None:
+                call_grammar = self._call_grammar(emulation.grammar, params["tools"])
+                call_forced = emulation.forced
+            elif params.get("tool_choice") == "none" and not self.tools_supported:
+                has_tools = False
         else:
             prompt = params["prompt"]
             if isinstance(prompt, str):
@@ -190,7 +188,7 @@ class Engine:
         sampling: dict[str, Any] = {
             "temp": temperature,
             "top_p": params.get("top_p", 0.95),
-            "top_k": _TOP_K,
+            "top_k": params.get("top_k", _TOP_K),
             "min_p": _MIN_P,
             "frequency_penalty": params.get("frequency_penalty", 0.0),
             "presence_penalty": params.get("presence_penalty", 0.0),
@@ -209,7 +207,79 @@ class Engine:
             tools=has_tools,
             stop_tokens=self.turn_stop_tokens if endpoint == "chat" else frozenset(),
             strip_leading_space=endpoint == "chat" and self.chat_template_source == "transcript",
+            call_grammar=call_grammar,
+            call_forced=call_forced,
         )
+
+    def _chat_prompt(self, params: dict[str, Any]) -> tuple[str, list[int], list[str], Any]:
+        """A conversation's prompt: its text, its tokens, the template's stop strings, and
+        the tool emulation (None when the template takes the tools, or there are none)."""
+        messages = params["messages"]
+        tools = params.get("tools")
+        choice = params.get("tool_choice", "auto")
+        emulation = None
+        stops: list[str] = []
+        if not self.tools_supported:
+            alternate = self.chat_template_source == "gguf"
+            if tools and choice != "none":
+                emulation = emulate_tools(messages, tools, choice, alternate=alternate)
+                messages = emulation.messages
+            elif has_tool_turns(messages):
+                messages = rewrite_messages(messages, None, alternate=alternate)
+                # No tools to call now: an answer that starts a call has ended.
+                stops.append(CALL_OPEN)
+            if not alternate and (emulation is not None or stops):
+                # A transcript's results are "Tool:" turns: the model must not write one.
+                stops.append("\nTool:")
+            tools = None
+        formatted = self._format(messages, tools, params.get("tool_choice"))
+        prompt_text = formatted.prompt
+        if emulation is not None and emulation.forced:
+            # The answer is a call: it starts with the marker, the grammar does the rest.
+            space = " " if self.chat_template_source == "transcript" else ""
+            prompt_text += space + CALL_OPEN
+        tokens = self.llama.tokenize(
+            prompt_text.encode(), add_bos=not formatted.added_special, special=True
+        )
+        stops += [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
+        return prompt_text, tokens, stops, emulation
+
+    def _format(self, messages: Any, tools: Any, choice: Any) -> Any:
+        """The template's rendering; ApiError (400) if it refuses the conversation."""
+        try:
+            return self._formatter(messages=messages, tools=tools, tool_choice=choice)
+        except Exception as exc:  # jinja raises whatever the template author chose
+            folded = _fold_system(messages)
+            if folded is None:
+                raise ApiError(
+                    400, f"the model's chat template rejected the messages: {exc}", param="messages"
+                ) from None
+        # Some templates (Mistral's first) take no system turn: it leads the first user's.
+        return self._format(folded, tools, choice)
+
+    def count_tokens(self, params: dict[str, Any]) -> int:
+        """Prompt tokens of a conversation, as a generation would see it (tools included)."""
+        return len(self._chat_prompt(params)[1])
+
+    def _call_grammar(self, grammar: str, tools: list[dict[str, Any]]) -> Any:
+        from llama_cpp import llama_grammar
+
+        if not self._loads(grammar):
+            # A schema the converter took but llama.cpp refuses: any object will do.
+            grammar = any_call_grammar(tools)
+        return llama_grammar.LlamaGrammar.from_string(grammar, verbose=False)
+
+    def _loads(self, grammar: str) -> bool:
+        """Whether llama.cpp parses ``grammar`` (given one it does not, a sampler chain
+        would hold a null sampler and crash the worker)."""
+        import llama_cpp
+
+        vocab = self.llama._model.vocab
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not sampler:
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
 
     def _grammar(self, fmt: dict[str, Any]) -> Any:
         import json
@@ -219,16 +289,24 @@ class Engine:
         schema = fmt.get("schema")
         try:
             if schema is not None:
-                return llama_grammar.LlamaGrammar.from_json_schema(
+                grammar = llama_grammar.LlamaGrammar.from_json_schema(
                     json.dumps(schema), verbose=False
                 )
-            return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+            else:
+                grammar = llama_grammar.LlamaGrammar.from_string(
+                    llama_grammar.JSON_GBNF, verbose=False
+                )
         except Exception as exc:
             raise ApiError(
                 400,
                 f"the JSON schema cannot be turned into a grammar: {exc}",
                 param="response_format",
             ) from None
+        if not self._loads(grammar._grammar):
+            raise ApiError(
+                400, "llama.cpp cannot use the JSON schema's grammar", param="response_format"
+            )
+        return grammar
 
     def generate(self, req: PreparedRequest, cancel: threading.Event) -> Iterator[Delta | Finish]:
         """Yield text deltas, then one Finish. Checks ``cancel`` before every token."""
@@ -247,43 +325,71 @@ class Engine:
             llama.reset()
 
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        text = ""  # everything generated so far
+        # Everything generated so far; a forced call's answer starts with the marker,
+        # which its prompt ends in.
+        text = CALL_OPEN if req.call_forced else ""
+        raw = ""  # the generated text as written (before a leading space is cut)
         sent = 0  # how much of `text` was already yielded
         holdback = max((len(s) for s in req.stop), default=1) - 1
         count = 0
         reason = "length"
-        prev = list(req.prompt_tokens)
+        matched: str | None = None
         if req.echo:
             yield Delta(req.prompt_text)
 
-        tokens = llama.generate(req.prompt_tokens, grammar=req.grammar, **req.sampling)
-        try:
-            for token in tokens:
-                if cancel.is_set():
-                    reason = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(vocab, token) or token in req.stop_tokens:
-                    reason = "stop"
-                    break
-                count += 1
-                piece = llama.detokenize([token], prev_tokens=prev[-8:])
-                prev.append(token)
-                text += decoder.decode(piece)
-                if req.strip_leading_space and count == 1 and text.startswith(" "):
-                    text = text[1:]
-                cut = _find_stop(text, req.stop, sent)
-                if cut is not None:
-                    text = text[:cut]
-                    reason = "stop"
-                    break
-                safe = _streamable_end(text, holdback, req.tools)
-                if safe > sent:
-                    yield Delta(text[sent:safe])
-                    sent = safe
-                if count >= req.max_tokens:
-                    break
-        finally:
-            tokens.close()
+        # Emulated tools run in two phases: free text, watched for "<tool_call>"; then
+        # the call under its grammar, from a prompt that ends in the marker. A forced
+        # call starts in the second. Stop strings and turn markers end free text only.
+        constrained = req.call_forced
+        prompt = req.prompt_tokens
+        while True:
+            prev = list(prompt)
+            switch_at: int | None = None
+            grammar = req.call_grammar if constrained else req.grammar
+            tokens = llama.generate(prompt, grammar=grammar, **req.sampling)
+            try:
+                for token in tokens:
+                    if cancel.is_set():
+                        reason = "cancelled"
+                        break
+                    if llama_cpp.llama_vocab_is_eog(vocab, token) or (
+                        not constrained and token in req.stop_tokens
+                    ):
+                        reason = "stop"
+                        break
+                    count += 1
+                    piece = decoder.decode(llama.detokenize([token], prev_tokens=prev[-8:]))
+                    prev.append(token)
+                    raw += piece
+                    text += piece
+                    if req.strip_leading_space and count == 1 and text.startswith(" "):
+                        text = text[1:]
+                    if not constrained:
+                        found = _find_stop(text, req.stop, sent)
+                        if found is not None:
+                            text, matched = text[: found[0]], found[1]
+                            reason = "stop"
+                            break
+                        at = text.find(CALL_OPEN) if req.call_grammar is not None else -1
+                        if at != -1:
+                            switch_at = at + len(CALL_OPEN)
+                            break
+                    safe = _streamable_end(text, holdback, req.tools)
+                    if safe > sent:
+                        yield Delta(text[sent:safe])
+                        sent = safe
+                    if count >= req.max_tokens:
+                        break
+            finally:
+                tokens.close()
+            if switch_at is None or count >= req.max_tokens:
+                break
+            # The call begins: resume from the prompt and the text up to the marker.
+            raw = raw[: switch_at + len(raw) - len(text)]
+            text = text[:switch_at]
+            prompt = req.prompt_tokens + llama.tokenize(raw.encode(), add_bos=False, special=False)
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            constrained = True
         text += decoder.decode(b"", final=True) if reason != "stop" else ""
         if reason == "cancelled":
             raise Cancelled()
@@ -299,7 +405,19 @@ class Engine:
         if len(text) > sent:
             yield Delta(text[sent:])
         full = req.prompt_text + text if req.echo else text
-        yield Finish(reason, len(req.prompt_tokens), count, full, calls)
+        yield Finish(reason, len(req.prompt_tokens), count, full, calls, matched)
+
+
+def _fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The conversation with its leading system turn put in the first user turn; None if
+    it has no system turn to fold."""
+    if len(messages) < 2 or messages[0].get("role") != "system":
+        return None
+    system, first, *rest = messages
+    if first.get("role") != "user":
+        return None
+    content = f"{system.get('content') or ''}\n\n{first.get('content') or ''}"
+    return [{**first, "content": content}, *rest]
 
 
 def _turn_boundaries(with_prompt: Any, without_prompt: Any) -> list[str]:
@@ -380,13 +498,14 @@ def _streamable_end(text: str, holdback: int, tools: bool) -> int:
     return end
 
 
-def _find_stop(text: str, stops: list[str], sent: int) -> int | None:
-    """Index where the earliest stop string starts, searching only text not yet final."""
-    best: int | None = None
+def _find_stop(text: str, stops: list[str], sent: int) -> tuple[int, str] | None:
+    """Where the earliest stop string starts, and which it is, searching only text not
+    yet final."""
+    best: tuple[int, str] | None = None
     for stop in stops:
         i = text.find(stop, max(0, sent - len(stop)))
-        if i != -1 and (best is None or i < best):
-            best = i
+        if i != -1 and (best is None or i < best[0]):
+            best = (i, stop)
     return best
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from ..api._anthropic import count_tokens_body
 from ..api._asgi import (
     ClientGone,
     Receive,
@@ -33,7 +34,10 @@ from ..api._asgi import (
     start_stream,
     watch_disconnect,
 )
-from ..api._openai import SSE_DONE, ApiError, ResponseShaper, error_body, sse, usage
+from ..api._embeddings import embeddings_body
+from ..api._openai import ApiError, error_style
+from ..api._shapes import AnswerShaper, Ending, shaper_for
+from ._embed import Embedder, load_embedder, pooling_for
 from ._engine import Cancelled, Delta, Engine, Finish
 
 log = logging.getLogger("meshp2p.worker")
@@ -82,13 +86,34 @@ class RequestQueue:
         self._lock.release()
 
 
-class WorkerApp:
-    """ASGI app of the worker: ``POST /generate``, ``GET /health``, ``GET /info``."""
+class Started:
+    """The prompt is ready: how many tokens it has (Anthropic's stream opens with it)."""
 
-    def __init__(self, engine: Engine, model_id: str, queue: RequestQueue) -> None:
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+
+
+Event = Delta | Finish | Started | ApiError
+
+
+class WorkerApp:
+    """ASGI app of the worker: ``POST /generate`` (every endpoint: generations, token
+    counts, embeddings), ``GET /health``, ``GET /info``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: str,
+        queue: RequestQueue,
+        embedder: Embedder | None = None,
+        embed_queue: RequestQueue | None = None,
+    ) -> None:
         self.engine = engine
         self.model_id = model_id
         self.queue = queue
+        #: Embeddings run in a context of their own, queued apart from generation.
+        self.embedder = embedder
+        self.embed_queue = embed_queue or RequestQueue(queue.max_waiting, queue.timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -112,8 +137,11 @@ class WorkerApp:
             elif path == "/info" and method == "GET":
                 await send_json(send, 200, self.info())
             elif path == "/generate" and method == "POST":
-                body = await read_body(scope, receive, _MAX_BODY)
-                await self.generate(json.loads(body), receive, send)
+                request = json.loads(await read_body(scope, receive, _MAX_BODY))
+                try:
+                    await self.generate(request, receive, send)
+                except ApiError as err:
+                    await send_error(send, err, error_style(request.get("endpoint", "chat")))
             else:
                 raise ApiError(404, f"no route {method} {path}", code="not_found")
         except ApiError as err:
@@ -127,28 +155,37 @@ class WorkerApp:
             "n_ctx": self.engine.n_ctx,
             "tools_supported": self.engine.tools_supported,
             "chat_template": self.engine.chat_template_source,
+            "n_embd": self.embedder.n_embd if self.embedder else None,
             "pid": os.getpid(),
         }
 
     async def generate(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
         endpoint = request["endpoint"]
-        shaper = ResponseShaper(
-            endpoint, self.model_id, bool(request.get("include_usage")), now=int(time.time())
-        )
+        if endpoint == "embeddings":
+            await self.embeddings(request, receive, send)
+            return
+        if endpoint == "count_tokens":
+            # Tokenizing reads the model only: no need to wait for a generation.
+            count = await trio.to_thread.run_sync(self.engine.count_tokens, request["params"])
+            await send_json(send, 200, count_tokens_body(count))
+            return
+        shaper = shaper_for(endpoint, self.model_id, request, now=int(time.time()))
+        kind = "completion" if endpoint == "completion" else "chat"
         stream = bool(request.get("stream"))
         cancel = threading.Event()
         # Unbounded: a generation makes at most n_ctx small events, and the model
         # thread must never wait for the event loop between two tokens.
-        send_events, events = trio.open_memory_channel[Delta | Finish | ApiError](math.inf)
+        send_events, events = trio.open_memory_channel[Event](math.inf)
         loop = trio.lowlevel.current_trio_token()
 
-        def emit(event: Delta | Finish | ApiError) -> None:
+        def emit(event: Event) -> None:
             loop.run_sync_soon(_deliver, send_events, event)
 
         def produce() -> None:
             """Runs in a worker thread: the only place the model is touched."""
             try:
-                prepared = self.engine.prepare(endpoint, request["params"])
+                prepared = self.engine.prepare(kind, request["params"])
+                emit(Started(len(prepared.prompt_tokens)))
                 for event in self.engine.generate(prepared, cancel):
                     emit(event)
             except Cancelled:
@@ -190,81 +227,118 @@ class WorkerApp:
             raise error
 
     async def _first(
-        self, events: trio.MemoryReceiveChannel[Delta | Finish | ApiError]
-    ) -> Delta | Finish | None:
+        self, events: trio.MemoryReceiveChannel[Event]
+    ) -> tuple[Delta | Finish | None, int]:
+        """The first token's event (errors before it keep their status), and the prompt's
+        token count."""
+        prompt_tokens = 0
         async for event in events:
             if isinstance(event, ApiError):
                 raise event
-            return event
-        return None
+            if isinstance(event, Started):
+                prompt_tokens = event.prompt_tokens
+                continue
+            return event, prompt_tokens
+        return None, prompt_tokens
 
     async def _stream(
-        self,
-        shaper: ResponseShaper,
-        events: trio.MemoryReceiveChannel[Delta | Finish | ApiError],
-        send: Send,
+        self, shaper: AnswerShaper, events: trio.MemoryReceiveChannel[Event], send: Send
     ) -> None:
-        first = await self._first(events)  # errors before the first token keep their status
+        first, prompt_tokens = await self._first(events)
         if first is None:
             return
         await start_stream(send)
-        opening = shaper.first_chunk()
-        if opening is not None:
-            await _body(send, sse(opening))
-        event: Delta | Finish | ApiError = first
+        for frame in shaper.opening(prompt_tokens):
+            await _body(send, frame)
+        event: Event = first
         while True:
             if isinstance(event, Delta):
-                await _body(send, sse(shaper.delta_chunk(event.text)))
+                for frame in shaper.delta(event.text):
+                    await _body(send, frame)
             elif isinstance(event, Finish):
-                calls = [c.to_openai(i) for i, c in enumerate(event.tool_calls)]
-                for chunk in shaper.final_chunks(
-                    event.reason, usage(event.prompt_tokens, event.completion_tokens), calls
-                ):
-                    await _body(send, sse(chunk))
-                await _body(send, SSE_DONE, more=False)
+                for frame in shaper.closing(_ending(event)):
+                    await _body(send, frame)
+                await _body(send, b"", more=False)
                 return
-            else:
-                await _body(
-                    send,
-                    sse(error_body(event.message, type=event.type, code=event.code)),
-                    more=False,
-                )
+            elif isinstance(event, ApiError):
+                await _body(send, shaper.failure(event), more=False)
                 return
             try:
                 event = await events.receive()
             except trio.EndOfChannel:
-                await _body(
-                    send,
-                    sse(error_body("generation ended unexpectedly", type="server_error")),
-                    more=False,
-                )
+                ended = ApiError(500, "generation ended unexpectedly", type="server_error")
+                await _body(send, shaper.failure(ended), more=False)
                 return
 
     async def _respond(
-        self,
-        shaper: ResponseShaper,
-        events: trio.MemoryReceiveChannel[Delta | Finish | ApiError],
-        send: Send,
+        self, shaper: AnswerShaper, events: trio.MemoryReceiveChannel[Event], send: Send
     ) -> None:
         async for event in events:
             if isinstance(event, ApiError):
                 raise event
             if isinstance(event, Finish):
-                calls = [c.to_openai() for c in event.tool_calls]
-                body = shaper.response(
-                    event.text,
-                    event.reason,
-                    usage(event.prompt_tokens, event.completion_tokens),
-                    calls,
-                )
-                await send_json(send, 200, body)
+                await send_json(send, 200, shaper.body(_ending(event)))
                 return
         # The channel closed without a Finish: the client went away.
 
+    async def embeddings(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        params = request["params"]
+        if self.embedder is None:
+            raise ApiError(
+                400,
+                f"{self.model_id!r} gives no embeddings while it is split across nodes",
+                param="model",
+                code="unsupported",
+            )
+        dimensions = params.get("dimensions")
+        if dimensions is not None and dimensions != self.embedder.n_embd:
+            raise ApiError(
+                400,
+                f"{self.model_id!r} makes embeddings of {self.embedder.n_embd} dimensions and "
+                f"cannot shorten them; send dimensions {self.embedder.n_embd} or leave it out",
+                param="dimensions",
+                code="unsupported",
+            )
+        cancel = threading.Event()
+        embedder = self.embedder
+        result: tuple[list[list[float]], int] | None = None
+        error: ApiError | None = None
+        await self.embed_queue.acquire()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_disconnect, receive, cancel.set)
+                try:
+                    result = await trio.to_thread.run_sync(
+                        embedder.embed, params["input"], cancel, abandon_on_cancel=False
+                    )
+                except Cancelled:
+                    pass
+                except ApiError as err:
+                    error = err  # raised outside the nursery, not as an ExceptionGroup
+                nursery.cancel_scope.cancel()
+        finally:
+            self.embed_queue.release()
+        if error is not None:
+            raise error
+        if result is None:
+            return  # the client went away
+        vectors, tokens = result
+        body = embeddings_body(self.model_id, vectors, tokens, params["encoding_format"])
+        await send_json(send, 200, body)
 
-def _deliver(
-    channel: trio.MemorySendChannel[Delta | Finish | ApiError], event: Delta | Finish | ApiError
-) -> None:
+
+def _ending(finish: Finish) -> Ending:
+    return Ending(
+        finish.reason,
+        finish.prompt_tokens,
+        finish.completion_tokens,
+        finish.text,
+        [call.to_openai() for call in finish.tool_calls],
+        finish.stop_sequence,
+    )
+
+
+def _deliver(channel: trio.MemorySendChannel[Event], event: Event) -> None:
     """Runs in the event loop; the reader may be gone already (client left)."""
     try:
         channel.send_nowait(event)
@@ -334,7 +408,19 @@ async def serve(args: argparse.Namespace) -> None:
         args.threads_batch,
     )
     engine = Engine(llama, default_max_tokens=args.default_max_tokens)
-    app = WorkerApp(engine, args.model_id, RequestQueue(args.max_queue, args.queue_timeout))
+    embedder = None
+    if not args.rpc:
+        # A split model's layers live on other nodes: a second copy is not made there.
+        pooling = pooling_for(llama.metadata)
+        embedder = Embedder(
+            lambda: load_embedder(
+                args.model_path, threads=args.threads, ctx_size=args.ctx_size, pooling=pooling
+            ),
+            llama.n_embd(),
+        )
+    app = WorkerApp(
+        engine, args.model_id, RequestQueue(args.max_queue, args.queue_timeout), embedder
+    )
     config = hypercorn_config("127.0.0.1", 0, "meshp2p.worker.http")
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(hypercorn_serve, app, config)

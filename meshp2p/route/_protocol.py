@@ -62,8 +62,10 @@ MIN_STATUS = 200
 """A head carries the final status: 1xx answers are the server's HTTP stack's business."""
 MAX_STATUS = 599
 
-ENDPOINTS = ("chat", "completion")
-"""``chat`` is /v1/chat/completions, ``completion`` is /v1/completions."""
+ENDPOINTS = ("chat", "completion", "responses", "messages", "count_tokens", "embeddings")
+"""``chat`` is /v1/chat/completions, ``completion`` /v1/completions, ``responses``
+/v1/responses, ``messages`` /v1/messages, ``count_tokens`` /v1/messages/count_tokens,
+``embeddings`` /v1/embeddings."""
 
 UNAVAILABLE_CODES = ("not_served", "busy", "worker_down", "shutting_down", "unsupported", "version")
 """Codes senders use in ``unavailable``; receivers accept any code (a newer peer may add more)."""

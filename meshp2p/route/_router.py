@@ -119,7 +119,8 @@ class RequestRouter:
         return folded[0] if len(folded) == 1 else None
 
     def tools_supported(self, model: str) -> bool:
-        """Known for our own workers; a remote host checks for itself."""
+        """Whether the model's chat template takes tools itself (else its worker emulates
+        them). Known for our own workers; a remote host checks for itself."""
         for worker in self.workers():
             if worker.model_id.lower() == model.lower():
                 return bool(worker.info.get("tools_supported"))

@@ -25,7 +25,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from .._errors import ProtocolError
-from ..api._openai import ApiError, Endpoint, InferenceRequest, parse_request
+from ..api._openai import ApiError, Endpoint, InferenceRequest, error_style, parse_request
 from ..inference._worker import InferenceWorker
 from ..mesh._service import MeshService
 from ..mesh._state import MeshView
@@ -137,11 +137,11 @@ class RouteServer:
             inference = parse_request(
                 request.endpoint,  # type: ignore[arg-type]  # the exchange checked it
                 request.body,
-                tools_supported=lambda _m: bool(worker and worker.info.get("tools_supported")),
             )
         except ApiError as error:
             await send(_route.ResponseHead(error.status, {"content-type": "application/json"}))
-            for piece in _route.split_body(json.dumps(error.body()).encode()):
+            body = error.body(error_style(request.endpoint))
+            for piece in _route.split_body(json.dumps(body).encode()):
                 await send(piece)
             await send(_route.ResponseEnd())
             return
@@ -311,14 +311,17 @@ async def route_request(
     over ``/mesh/route`` and yield its answer: status, headers, and the body as it
     streams (Server-Sent Events when the request asked to stream).
 
-    ``endpoint`` is ``"chat"`` (``/v1/chat/completions``) or ``"completion"``. The
-    body is checked here as a node's API would (``ApiError``, 400); the serving node
-    checks it again. ``HostUnavailable`` if the node cannot be reached or will not
-    answer; ``UpstreamBroken`` from the body if it fails mid-answer.
+    ``endpoint`` names the API: ``"chat"`` (``/v1/chat/completions``), ``"completion"``,
+    ``"responses"``, ``"messages"``, ``"count_tokens"`` or ``"embeddings"``. The body is
+    checked here as a node's API would (``ApiError``, 400); the serving node checks it
+    again. A Responses body goes as it is: ``previous_response_id`` is resolved only by
+    a node's own API, so send the whole conversation as ``input``. ``HostUnavailable`` if
+    the node cannot be reached or will not answer; ``UpstreamBroken`` from the body if it
+    fails mid-answer.
     """
     if endpoint not in _route.ENDPOINTS:
         raise ValueError(f"endpoint must be one of {', '.join(_route.ENDPOINTS)}")
-    request = parse_request(endpoint, body, tools_supported=lambda _model: True)
+    request = parse_request(endpoint, body)
     upstream = RemoteUpstream(mesh, node_id, lambda _node: addrs, first_byte_timeout)
     async with upstream.open(request) as response:
         yield response

@@ -169,20 +169,12 @@ def test_tools_are_accepted_when_the_template_supports_them() -> None:
     assert req.params["tool_choice"] == choice
 
 
-def test_tool_support_is_asked_for_the_requested_model() -> None:
-    asked: list[str] = []
-
-    def supported(model: str) -> bool:
-        asked.append(model)
-        return True
-
+def test_tools_are_accepted_whatever_the_template_says() -> None:
+    # A model whose template has no tools gets them emulated by its worker.
     tools = [{"type": "function", "function": {"name": "f"}}]
-    parse_request(
-        "chat",
-        _raw({"model": "qwen", "messages": USER_HI, "tools": tools}),
-        tools_supported=supported,
-    )
-    assert asked == ["qwen"]
+    raw = _raw({"model": "qwen", "messages": USER_HI, "tools": tools})
+    request = parse_request("chat", raw, tools_supported=lambda _model: False)
+    assert request.params["tools"] == tools
 
 
 def test_tool_choice_none_without_tools_is_accepted() -> None:
@@ -411,15 +403,9 @@ def test_bad_completion_logprobs_are_rejected(logprobs: Any) -> None:
     assert rejection("completion", _completion_raw(logprobs=logprobs)).param == "logprobs"
 
 
-def test_tools_are_rejected_when_the_template_has_no_tool_support() -> None:
-    tools = [{"type": "function", "function": {"name": "f"}}]
-    error = rejection("chat", _chat_raw(tools=tools), tools_supported=False)
-    assert (error.param, error.code) == ("tools", "unsupported")
-
-
-def test_legacy_functions_are_rejected_when_the_template_has_no_tool_support() -> None:
-    error = rejection("chat", _chat_raw(functions=[{"name": "f"}]), tools_supported=False)
-    assert (error.param, error.code) == ("tools", "unsupported")
+def test_legacy_functions_are_accepted_without_template_tool_support() -> None:
+    request = chat(tools_supported=False, functions=[{"name": "f"}])
+    assert request.params["tools"] == [{"type": "function", "function": {"name": "f"}}]
 
 
 @pytest.mark.parametrize(

@@ -151,10 +151,11 @@ def test_four_concurrent_requests_all_succeed(client: openai.OpenAI) -> None:
                     "model": MODEL,
                     "messages": [{"role": "user", "content": "x"}],
                     "tools": [{"type": "function", "function": {"name": "f"}}],
+                    "tool_choice": {"type": "function", "function": {"name": "g"}},
                 }
             ).encode(),
             400,
-            "tools",
+            "tool_choice",
         ),
         (
             json.dumps(
@@ -164,7 +165,14 @@ def test_four_concurrent_requests_all_succeed(client: openai.OpenAI) -> None:
             "model",
         ),
     ],
-    ids=["bad-json", "empty-messages", "n>1", "temperature", "tools-unsupported", "unknown-model"],
+    ids=[
+        "bad-json",
+        "empty-messages",
+        "n>1",
+        "temperature",
+        "tool-choice-unknown",
+        "unknown-model",
+    ],
 )
 def test_bad_requests_get_openai_errors(
     node: NodeProcess, body: bytes, status: int, param: str | None

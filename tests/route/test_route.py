@@ -346,6 +346,16 @@ def test_what_this_version_does_not_serve_is_answered_unavailable(
     assert [*states, server.state] == [ServerState.REFUSING, ServerState.DONE]
 
 
+@pytest.mark.parametrize(
+    "endpoint", ["chat", "completion", "responses", "messages", "count_tokens", "embeddings"]
+)
+def test_every_api_of_a_node_is_an_endpoint_it_serves(endpoint: str) -> None:
+    server = RouteServerExchange()
+    request = RouteRequest("req-1", endpoint, BODY)
+    assert server.receive(request.to_map()) == request
+    assert server.state is ServerState.REQUEST
+
+
 def test_the_server_answers_a_table_request_with_a_table_or_unchanged() -> None:
     server = RouteServerExchange()
     assert server.receive(TableRequest(TABLE.version).to_map()) == TableRequest(TABLE.version)
