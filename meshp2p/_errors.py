@@ -40,3 +40,16 @@ class PortInUseError(MeshError):
 
 class ProtocolError(MeshError):
     """A peer sent a malformed or hostile frame; the stream it came on must be closed."""
+
+
+class JoinRefusedError(MeshError):
+    """A running node cannot join another mesh now; the message says why and what to do.
+
+    ``code`` tells the cases apart: ``join_refused`` (others depend on this node, or it
+    is stopping, or already joining), ``same_mesh``, ``mesh_unreachable`` (no node of
+    the invited mesh answered; this node stayed where it was).
+    """
+
+    def __init__(self, message: str, code: str = "join_refused") -> None:
+        super().__init__(message)
+        self.code = code
