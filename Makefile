@@ -15,7 +15,7 @@ RUN_MODEL := $(if $(filter --model --model=% --client --standby,$(ARGS)),,--mode
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
 	bench-route bench-affinity bench-transport bench-split bench-threads bench-sim interop \
 	interop-install clean \
-	relay-install
+	relay-install browser-install
 
 install: $(STAMP)
 
@@ -60,7 +60,12 @@ $(RELAY_STAMP): Makefile
 	$(RELAY_VENV)/bin/python -m pip install --quiet nostr-relay==1.14
 	@touch $@
 
-pytest: install relay-install
+# Debian's Chromium for the console's browser tests (Playwright for Python, from the
+# dev extras, drives it; it downloads no browser of its own). Needs root for apt-get.
+browser-install:
+	@bash tests/browser/install.sh
+
+pytest: install relay-install browser-install
 	@# pytest exits 5 when it collects no tests: not a failure of the build.
 	$(VENV)/bin/pytest $(PYTEST_ARGS) || test $$? -eq 5
 

@@ -17,7 +17,7 @@ from meshp2p.inference import InferenceWorker, ModelStore, ProgressBar, default_
 from meshp2p.node import DEFAULT_API_PORT, DEFAULT_CONSOLE_PORT, DEFAULT_MAX_TOKENS
 from meshp2p.transport import DEFAULT_LISTEN
 
-from . import discovery
+from . import apikeys, discovery, launch
 
 
 def _size(text: str) -> int:
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--host", default="127.0.0.1", help="API address (default 127.0.0.1: this machine only)"
     )
+    apikeys.add_node_options(node)
     node.add_argument(
         "--port",
         type=int,
@@ -170,10 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="silence after which a peer is declared dead (default 12)",
     )
+    node.add_argument(
+        "--plan-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between planning rounds: which model a standby node takes on (default 60)",
+    )
+    node.add_argument(
+        "--reassign",
+        action="store_true",
+        help="let the planner move this node from the models it was started with to others",
+    )
     discovery.add_node_options(node)
 
     sub.add_parser("models", parents=[common], help="list the models in the store and the catalog")
     discovery.add_discover_command(sub, common)
+    launch.add_launch_command(sub, common)
     sub.add_parser(
         "doctor",
         parents=[common],
@@ -255,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "discover":
             discovery.run_discover(args, home)
             return
+        if args.command == "launch":
+            sys.exit(launch.run_launch(args))
         if args.command == "doctor":
             from meshp2p.inference._llamacpp import main as check_llamacpp
 
@@ -263,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             home=home,
             models=tuple(args.model),
             api_host=args.host,
+            **apikeys.node_config(args),
             api_port=args.port,
             console_host=args.console_host,
             console_port=args.console_port,
@@ -280,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
             heartbeat_interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             listen=tuple(args.listen) or DEFAULT_LISTEN,
+            plan_interval=args.plan_interval,
+            reassign=args.reassign,
             **discovery.node_config(args),
         )
         trio.run(_run_node, config)

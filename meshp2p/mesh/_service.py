@@ -6,7 +6,7 @@ libp2p streams. Every peer proves it holds the mesh secret on a
 then each side keeps one outbound ``/mesh/gossip/1.0.0`` stream to the other
 and pushes announcements, digests (the heartbeat), wants, deaths and leavings.
 
-One piece (about 750 lines): membership, gossip links and the view are one
+One piece (about 800 lines): membership, gossip links and the view are one
 node's state; admitting a peer opens its link and shares the DHT with it, a
 broken link probes the peer and may bury it, and every path updates the same
 members, links and view under one nursery. The protocol logic itself is in the

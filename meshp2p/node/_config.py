@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import ConfigError
 from ..api._gateway import DEFAULT_MAX_BODY
+from ..api._keys import check_key
 from ..discovery._relay import DEFAULT_RELAYS
 from ..inference._models import default_home
 from ..transport._host import DEFAULT_LISTEN
@@ -29,6 +31,10 @@ class NodeConfig:
     models: tuple[str, ...] = ()
     api_host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
+    #: Keys the /v1 API takes (Bearer or x-api-key); none: it takes requests without one.
+    api_keys: tuple[str, ...] = ()
+    #: Serve the API on a non-loopback api_host without keys (refused otherwise).
+    no_api_key: bool = False
     console_host: str = "127.0.0.1"
     console_port: int = DEFAULT_CONSOLE_PORT
     #: llama.cpp threads per model for generation and for prompts; None shares the
@@ -75,6 +81,10 @@ class NodeConfig:
     lan: bool = False
     #: Seconds between listing republications (a listing lives two of them).
     publish_interval: float = 60.0
+    #: Seconds between planning rounds (which model a standby node takes on).
+    plan_interval: float = 60.0
+    #: Let the planner move a node started with models to another model.
+    reassign: bool = False
 
     @property
     def relays(self) -> tuple[str, ...]:
@@ -84,6 +94,7 @@ class NodeConfig:
         return DEFAULT_RELAYS if self.publish or self.auto else ()
 
     def __post_init__(self) -> None:
+        self._check_api_keys()
         for name in ("api_port", "console_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
@@ -107,6 +118,21 @@ class NodeConfig:
             raise ConfigError("the heartbeat interval must be positive and below dead-after")
         self._check_discovery()
 
+    def _check_api_keys(self) -> None:
+        for key in self.api_keys:
+            try:
+                check_key(key)
+            except ValueError as exc:
+                raise ConfigError(f"--api-key: {exc}") from None
+        if self.api_keys and self.no_api_key:
+            raise ConfigError("--no-api-key contradicts --api-key; drop one")
+        if not self.api_keys and not self.no_api_key and not is_loopback(self.api_host):
+            raise ConfigError(
+                f"--host {self.api_host} opens the API to other machines, and it has no key: "
+                "give one with --api-key KEY (or MESHP2P_API_KEY), or pass --no-api-key to "
+                "serve it to anyone who can reach it"
+            )
+
     def _check_discovery(self) -> None:
         if self.auto and self.join is not None:
             raise ConfigError("--auto finds a mesh to join; drop --join or --auto")
@@ -120,9 +146,21 @@ class NodeConfig:
             raise ConfigError("--max-clients must be 0 or more")
         if self.publish_interval < 1:
             raise ConfigError("--publish-interval must be at least 1 second")
+        if self.plan_interval < 1:
+            raise ConfigError("--plan-interval must be at least 1 second")
         for url in self.nostr_relays:
             if not url.startswith(("ws://", "wss://")):
                 raise ConfigError(f"--nostr-relay {url!r} is not a ws:// or wss:// URL")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_threads(models: int, cores: int) -> tuple[int, int]:

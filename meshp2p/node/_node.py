@@ -43,8 +43,9 @@ from ..mesh._invite import (
 )
 from ..mesh._service import LocalState, MeshService
 from ..mesh._state import MeshView
+from ..planner._demand import AnnouncedRates, DemandMeter
 from ..route._router import RemoteHost, RequestRouter
-from ..route._service import RemoteUpstream, RouteServer, RoutingTableClient
+from ..route._service import RemoteUpstream, RoutingTableClient
 from ..tensor._placement import PlacementPlan, plan_placement, tensor_split
 from ..tensor._service import (
     LocalFiles,
@@ -54,9 +55,13 @@ from ..tensor._service import (
     open_tunnels,
 )
 from ..transport._identity import load_or_create_key, peer_id
-from ._config import NodeConfig, default_threads
+from ._config import NodeConfig, default_threads, is_loopback
+from ._console_view import console_status
 from ._discovery import NodeDiscovery, pick_mesh
 from ._home import HomeLock, remember_models, remembered_models
+from ._membership import Membership
+from ._planning import ModelPlanner
+from ._status import mesh_providers, node_status
 
 log = logging.getLogger("meshp2p.node")
 
@@ -103,8 +108,16 @@ class Node:
         self._failed_workers: dict[str, tuple[int, float]] = {}  # id -> (seq, at)
         self._stopping = trio.Event()
         self._changed = trio.Event()
-        self._started = time.time()
+        self.started = time.time()
         self.discovery: NodeDiscovery | None = None
+        #: Requests per model entering the mesh here; the planner's input, by gossip.
+        self.demand = DemandMeter()
+        self._announced_rates = AnnouncedRates()
+        self.planner: ModelPlanner | None = None
+        self._services: trio.Nursery | None = None
+        self._worker_scopes: dict[str, trio.CancelScope] = {}
+        #: The mesh this node is in, and moving to another (``join``).
+        self.membership = Membership(self)
         if config.auto:
             # Which mesh is decided in run(), from the listings on Nostr.
             self.credentials = load_credentials(config.home) or MeshCredentials.new()
@@ -174,6 +187,8 @@ class Node:
         self._changed = trio.Event()
         if self.discovery is not None:
             self.discovery.changed()
+        if self.planner is not None:
+            self.planner.mesh_changed()
 
     def view(self) -> MeshView:
         """An immutable snapshot of the mesh (this node included) for placement and routing."""
@@ -181,72 +196,34 @@ class Node:
             raise MeshError("the node is not running")
         return self.mesh.view()
 
+    def _running_mesh(self) -> MeshService:
+        if self.mesh is None:
+            raise MeshError("the node is not running")
+        return self.mesh
+
+    async def wait_change(self) -> None:
+        """Return at the next change of the node: a worker's state, the mesh, the
+        routing table, a join. What the console's event stream waits on."""
+        await self._changed.wait()
+
+    async def join(self, token: str) -> dict[str, Any]:
+        """Leave this mesh for the one of invite ``token``, at run time; models and APIs
+        go on serving, and the home remembers the new mesh as ``--join`` does.
+
+        Refused (``JoinRefusedError``, saying why) while others depend on this node:
+        the rule is in ``meshp2p/node/_join.py``. ``InviteError`` for a bad token.
+        Returns ``{"mesh_id", "previous_mesh_id", "members"}`` once a node of the new
+        mesh admitted this one (or after 10 s).
+        """
+        return await self.membership.join(token)
+
     def status(self) -> dict[str, Any]:
-        mesh = self.mesh
-        return {
-            "node_id": self.node_id,
-            "version": self.version,
-            "api_url": self.api_url,
-            "console_url": self.console_url,
-            "home": str(self.config.home),
-            "uptime_s": round(time.time() - self._started, 1),
-            "role": self.local_state().role,
-            "models_served": [w.status() for w in self.workers],
-            "mesh_id": self.credentials.mesh_id,
-            "invite_token": mesh.invite_token() if mesh else None,
-            "addrs": list(mesh.addrs) if mesh else [],
-            "peers": self._peers_status(),
-            "connections": mesh.connections() if mesh else [],
-            "rejected": list(mesh.rejections) if mesh else [],
-            "gossip": dict(mesh.counters) if mesh else {},
-            "kad": {
-                "protocol": str(mesh.kad.protocol_id),
-                "routing_table_size": mesh.kad.routing_table_size,
-            }
-            if mesh and mesh.kad
-            else None,
-            "placements": [_plan_status(p) for p in self.plans.values()],
-            "split": next(
-                (_plan_status(p) for p in self.plans.values() if p.mode == "split" and p.fits),
-                None,
-            ),
-            "tunnels": [t.status() for ts in self.tunnels.values() for t in ts],
-            "lending": self.tensor_server.status() if self.tensor_server else [],
-            # Since start, over all hosts: streams, refused, bytes each way, by reference.
-            "lending_totals": dict(self.tensor_server.counters) if self.tensor_server else {},
-            "discovery": self.discovery.status() if self.discovery else None,
-        }
+        """``/api/status``: see ``_status.node_status``."""
+        return node_status(self)
 
     async def providers(self, model_id: str) -> dict[str, Any]:
         """Who the mesh DHT says serves ``model_id``, and who holds its file."""
-        from ..mesh._kad import on_disk_key, served_key
-
-        if self.mesh is None:
-            return {"model": model_id, "served_by": [], "on_disk": []}
-        # The file's hash comes from gossip: whoever holds it announced it.
-        sha = next(
-            (m.sha256 for p in self.mesh.view() for m in p.models_on_disk if m.name == model_id),
-            None,
-        )
-        return {
-            "model": model_id,
-            "served_by": await self.mesh.providers(served_key(model_id)),
-            "on_disk": await self.mesh.providers(on_disk_key(sha)) if sha else [],
-        }
-
-    def _peers_status(self) -> list[dict[str, Any]]:
-        if self.table is not None:
-            return [
-                {
-                    "id": h.node_id,
-                    "addrs": list(h.addrs),
-                    "role": "host",
-                    "models_served": list(h.models),
-                    "inflight": h.inflight,
-                }
-                for h in self.table.hosts
-            ]
-        return self.mesh.peers_status(trio.current_time()) if self.mesh else []
+        return await mesh_providers(self, model_id)
 
     def local_state(self) -> LocalState:
         """What this node announces about itself to the mesh."""
@@ -260,14 +237,27 @@ class Node:
             role = "host"
         else:
             role = "worker" if lent else "standby"
+        loading = [w.model_id for w in self.workers if w.state == "loading"]
+        if self.planner is not None:
+            loading += sorted(self.planner.fetching)
         return LocalState(
             role=role,
             models_served=ready,
             models_on_disk=self._on_disk,
             memory_free=max(0, total - used),
             memory_total=total,
-            request_rates={},
+            request_rates=self._announced_rates.update(
+                self.demand.rates(trio.current_time()), trio.current_time(), self._unhosted()
+            ),
+            models_loading=tuple(dict.fromkeys(loading)),
         )
+
+    def _unhosted(self) -> set[str]:
+        """Models with demand here that no node serves or loads (announced at once)."""
+        hosted = set(self.router.models()) if self.router is not None else set()
+        if self.mesh is not None:
+            hosted.update(m for p in self.mesh.view() for m in p.models_loading)
+        return set(self.demand.rates(trio.current_time())) - hosted
 
     def memory_total(self) -> int:
         """The memory this node offers: ``--max-vram``, else what the machine has."""
@@ -344,25 +334,8 @@ class Node:
         )
         self._disk_paths = {m.sha256: m.path for m in on_disk.values()}
         layouts = [await trio.to_thread.run_sync(read_layout, f.path) for f in files]
-        threads, threads_batch = default_threads(len(files), os.cpu_count() or 1)
-        if cfg.threads is not None:
-            threads = threads_batch = cfg.threads
-        threads_batch = cfg.threads_batch or threads_batch
         self.workers = [
-            InferenceWorker(
-                WorkerSettings(
-                    model_id=f.id,
-                    model_path=f.path,
-                    threads=threads,
-                    threads_batch=threads_batch,
-                    ctx_size=cfg.ctx_size,
-                    log_dir=cfg.home / "logs",
-                    max_queue=cfg.max_queue,
-                    queue_timeout=cfg.queue_timeout,
-                    default_max_tokens=cfg.default_max_tokens,
-                ),
-                placement=self._placement(f, layout),
-            )
+            self._make_worker(f, layout, len(files))
             for f, layout in zip(files, layouts, strict=True)
         ]
         # trust_env=False: a proxy from the environment must never see local traffic.
@@ -373,60 +346,60 @@ class Node:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
             trust_env=False,
         )
-        self.mesh = mesh = MeshService(
-            self.keypair,
-            self.credentials,
-            local=self.local_state,
-            version=self.version,
-            listen=cfg.listen,
-            bootstrap=self.bootstrap,
-            heartbeat_interval=cfg.heartbeat_interval,
-            dead_after=cfg.dead_after,
-            client=cfg.client,
-            on_change=self._notify,
-        )
-        if cfg.client:
-            self.table = RoutingTableClient(mesh, cfg.heartbeat_interval, on_change=self._notify)
+        # The mesh (and a client's routing table) can change at run time: see _membership.
+        self.membership.open(self.credentials, self.bootstrap)
         self.router = RequestRouter(
             self.node_id,
             lambda: self.workers,
             self._remote_hosts,
             lambda node_id: RemoteUpstream(
-                mesh, node_id, self._addrs_of, first_byte_timeout=cfg.queue_timeout + 60.0
+                self._running_mesh(),
+                node_id,
+                self._addrs_of,
+                first_byte_timeout=cfg.queue_timeout + 60.0,
             ),
             self.http,
             on_host_failure=lambda _node_id: self.table.refresh_soon() if self.table else None,
             prefix_affinity=cfg.prefix_affinity,
+            pending=self._pending,
+            on_request=lambda model: self.demand.record(model, trio.current_time()),
         )
-        gateway = Gateway(self.router, node_id=self.node_id, max_body=cfg.max_body)
+        gateway = Gateway(
+            self.router, node_id=self.node_id, max_body=cfg.max_body, api_keys=cfg.api_keys
+        )
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(mesh.run)
-                if self.table is not None:
-                    await nursery.start(self.table.run)
-                else:
-                    RouteServer(mesh, lambda: self.workers, self.http).register()
-                    self.tensor_server = TensorServer(
-                        mesh,
-                        self.files,
-                        threads=cfg.threads or default_threads(1, os.cpu_count() or 1)[0],
-                        log_dir=cfg.home / "logs",
-                        available=lambda: not self.stopping,
-                    )
-                    await nursery.start(self.tensor_server.run)
+                # The mesh, what rides on it (route/tensor servers or the routing
+                # table, discovery), and moving it to another mesh on a join.
+                await nursery.start(self.membership.run)
+                self._services = nursery
                 for worker in self.workers:
-                    await nursery.start(worker.run)
-                    nursery.start_soon(self._announce_changes, worker)
-                discovery = NodeDiscovery(cfg, mesh, self.version)
-                if discovery.active:
-                    self.discovery = discovery
-                    await nursery.start(discovery.run)
+                    await self._start_worker(worker)
+                if not cfg.client:
+                    self.planner = ModelPlanner(
+                        self.node_id,
+                        self.store,
+                        self.view,
+                        lambda: self.workers,
+                        self.add_worker,
+                        self.remove_worker,
+                        pinned=bool(self.workers) and not cfg.reassign,
+                        interval=cfg.plan_interval,
+                    )
+                    await nursery.start(self.planner.run)
                 api = await nursery.start(
                     serve, gateway, hypercorn_config(cfg.api_host, cfg.api_port, "meshp2p.api")
                 )
                 console = await nursery.start(
                     serve,
-                    Console(self.status, self.providers),
+                    Console(
+                        lambda: console_status(self),
+                        self.providers,
+                        changed=self.wait_change,
+                        join=self.join,
+                        api=gateway,
+                        api_local_only=is_loopback(cfg.api_host),
+                    ),
                     hypercorn_config(cfg.console_host, cfg.console_port, "meshp2p.console"),
                 )
                 self.api_url = api[0] + "/v1"
@@ -435,11 +408,78 @@ class Node:
                 task_status.started(self)
                 await self._stopping.wait()
                 # A clean exit: say goodbye while the mesh links are still up.
-                await self.mesh.leave()
+                await self._running_mesh().leave()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self.http.aclose()
+
+    def _make_worker(self, file: ModelFile, layout: GgufLayout, models: int) -> InferenceWorker:
+        """A worker for ``file``, its threads shared with ``models`` models in all."""
+        cfg = self.config
+        threads, threads_batch = default_threads(models, os.cpu_count() or 1)
+        if cfg.threads is not None:
+            threads = threads_batch = cfg.threads
+        return InferenceWorker(
+            WorkerSettings(
+                model_id=file.id,
+                model_path=file.path,
+                threads=threads,
+                threads_batch=cfg.threads_batch or threads_batch,
+                ctx_size=cfg.ctx_size,
+                log_dir=cfg.home / "logs",
+                max_queue=cfg.max_queue,
+                queue_timeout=cfg.queue_timeout,
+                default_max_tokens=cfg.default_max_tokens,
+            ),
+            placement=self._placement(file, layout),
+        )
+
+    async def _start_worker(self, worker: InferenceWorker) -> None:
+        """Run ``worker`` in the node's service nursery, until ``_stop_worker``."""
+        assert self._services is not None
+        scope = trio.CancelScope()
+        self._worker_scopes[worker.model_id] = scope
+
+        async def supervise(*, task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(worker.run)
+                    nursery.start_soon(self._announce_changes, worker)
+                    task_status.started()
+
+        await self._services.start(supervise)
+
+    async def add_worker(self, file: ModelFile) -> None:
+        """Serve ``file`` from now on (the planner took it on)."""
+        if any(w.model_id == file.id for w in self.workers):
+            return
+        layout = await trio.to_thread.run_sync(read_layout, file.path)
+        worker = self._make_worker(file, layout, len(self.workers) + 1)
+        self.workers.append(worker)
+        await self._start_worker(worker)
+        self._notify()
+
+    async def remove_worker(self, model_id: str) -> None:
+        """Stop serving ``model_id`` (the planner gave it up); its child is stopped."""
+        worker = next((w for w in self.workers if w.model_id == model_id), None)
+        scope = self._worker_scopes.pop(model_id, None)
+        if worker is None or scope is None:
+            return
+        self.workers.remove(worker)
+        scope.cancel()
+        self.plans.pop(model_id, None)
+        self._memory_use.pop(model_id, None)
+        self._notify()
+
+    def _pending(self, model: str) -> tuple[str, list[str]] | None:
+        """For the router: a model nobody serves that the catalog or a disk knows, and
+        who is loading it."""
+        name = self.planner.known(model) if self.planner is not None else None
+        if name is None or self.mesh is None:
+            return None
+        loading = [p.id for p in self.mesh.view() if name in p.models_loading]
+        return name, loading
 
     def _placement(self, model: ModelFile, layout: GgufLayout) -> Any:
         """The worker's Placement: plan each start from the mesh view of that moment."""
@@ -570,29 +610,6 @@ class Node:
             self._notify()
             if self.mesh is not None:
                 self.mesh.announce_soon()
-
-
-def _plan_status(plan: PlacementPlan) -> dict[str, Any]:
-    return {
-        "model": plan.model,
-        "host": plan.host,
-        "mode": plan.mode if plan.fits else "unavailable",
-        "host_layers": len(plan.host_layers),
-        "host_memory": plan.host_memory,
-        "required_bytes": plan.required_bytes,
-        "missing_bytes": plan.missing_bytes,
-        "reason": plan.reason,
-        "workers": [
-            {
-                "id": w.node_id,
-                "layers": len(w.layers),
-                "layer_range": [w.layers.start, w.layers.stop],
-                "memory": w.memory,
-                "rtt_ms": w.rtt_ms,
-            }
-            for w in plan.workers
-        ],
-    }
 
 
 def _physical_memory() -> int:
