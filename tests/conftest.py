@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -188,6 +189,21 @@ class NodeProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
+    def close(self, timeout: float = 20.0) -> None:
+        """Stop the node cleanly; kill it if it does not stop within ``timeout``."""
+        try:
+            self.stop(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    @contextmanager
+    def serving(self) -> Iterator[NodeProcess]:
+        """The node once its models are ready; closed when the block ends."""
+        try:
+            yield self.wait_ready()
+        finally:
+            self.close()
+
 
 def wait_until(
     predicate: object,
@@ -231,10 +247,7 @@ def start_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     yield start
     for node in nodes:
-        try:
-            node.stop(timeout=15)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        node.close(timeout=15)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,10 +35,8 @@ def run_example(name: str, *args: str, home: Path, timeout: float = 240) -> tupl
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[NodeProcess]:
     proc = NodeProcess(tmp_path_factory.mktemp("example-node"), ["--model", str(model_path)])
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    with proc.serving() as ready:
+        yield ready
 
 
 def test_every_example_is_in_the_library_docs() -> None:

@@ -86,13 +86,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator
     proc = NodeProcess(
         tmp_path_factory.mktemp("launch-node"), ["--model", str(model_path), "--api-key", KEY]
     )
-    try:
-        yield proc.wait_ready()
-    finally:
-        try:
-            proc.stop()
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with proc.serving() as ready:
+        yield ready
 
 
 @pytest.fixture(scope="module")

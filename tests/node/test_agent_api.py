@@ -44,13 +44,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator
         tmp_path_factory.mktemp("agent-node"),
         ["--model", str(model_path), "--api-key", KEY, "--max-body", "1MiB"],
     )
-    try:
-        yield proc.wait_ready()
-    finally:
-        try:
-            proc.stop()
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with proc.serving() as ready:
+        yield ready
 
 
 @pytest.fixture(scope="module")

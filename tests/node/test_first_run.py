@@ -37,10 +37,8 @@ def readme_block(language: str, containing: str) -> str:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[NodeProcess]:
     proc = NodeProcess(tmp_path_factory.mktemp("readme-node"), ["--model", str(model_path)])
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    with proc.serving() as ready:
+        yield ready
 
 
 def test_readme_curl_chat_ends_in_seconds(node: NodeProcess) -> None:

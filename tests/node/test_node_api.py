@@ -24,13 +24,8 @@ MODEL = "gemma-3-270m-Q4_K_M"
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[NodeProcess]:
     proc = NodeProcess(tmp_path_factory.mktemp("api-node"), ["--model", str(model_path)])
-    try:
-        yield proc.wait_ready()
-    finally:
-        try:
-            proc.stop()
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with proc.serving() as ready:
+        yield ready
 
 
 @pytest.fixture(scope="module")
