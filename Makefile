@@ -15,7 +15,7 @@ RUN_MODEL := $(if $(filter --model --model=% --client --standby,$(ARGS)),,--mode
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
 	bench-route bench-affinity bench-transport bench-split bench-threads bench-sim interop \
 	interop-install clean \
-	relay-install browser-install
+	relay-install browser-install lab-install
 
 install: $(STAMP)
 
@@ -65,11 +65,15 @@ $(RELAY_STAMP): Makefile
 browser-install:
 	@bash tests/browser/install.sh
 
-pytest: install relay-install browser-install
+pytest: install relay-install browser-install lab-install
 	@# pytest exits 5 when it collects no tests: not a failure of the build.
 	$(VENV)/bin/pytest $(PYTEST_ARGS) || test $$? -eq 5
 
 test: check pytest interop
+
+# nftables for the network lab's NAT routers (tests/lab: namespaces, needs root).
+lab-install:
+	@bash tests/lab/install.sh
 
 # The js-libp2p interop peer: Node 22 and js-libp2p from npm (versions pinned by
 # interop/package-lock.json), redis-server from Debian packages into interop/.deps.

@@ -1,0 +1,119 @@
+"""Real node processes inside lab namespaces, and the fixtures that clean the lab up.
+
+A test imports the fixtures it uses (``from labnodes import lab, lab_nodes``); pytest
+then finds them in the test module. Every namespace, link and node is gone after the
+test, pass or fail: the fixtures' teardown kills the nodes first, then deletes the
+namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import NodeProcess
+from netlab import Host, Lab, LabUnavailable
+
+#: Every interface of the host's namespace (its lab address and its loopback).
+ANY = ["--listen", "/ip4/0.0.0.0/udp/0/quic-v1", "--listen", "/ip4/0.0.0.0/tcp/0"]
+FAST = ["--heartbeat-interval", "1", "--dead-after", "4"]
+
+
+class LabNode(NodeProcess):
+    """A node run with ``ip netns exec``; its APIs are reached from inside its namespace."""
+
+    def __init__(self, host: Host, home: Path, args: list[str]) -> None:
+        super().__init__(home, [*ANY, *args], wrap=host.wrap())
+        self.host = host
+
+    def status(self) -> dict[str, Any]:
+        url = self.console_url + "/api/status"
+        return self.host.call(lambda: httpx.get(url, timeout=10).json(), timeout=20)  # type: ignore[no-any-return]
+
+    def node_id(self) -> str:
+        return self.wait_for_line("meshp2p ").split()[-1]
+
+    def invite(self) -> str:
+        return self.wait_for_line("invite: ").split(" ", 1)[1]
+
+    def peer_ids(self) -> set[str]:
+        return {p["id"] for p in self.status()["peers"]}
+
+    def chat(self, body: dict[str, Any], timeout: float = 120.0) -> httpx.Response:
+        """POST /chat/completions from inside the node's namespace."""
+        url = self.api_url + "/chat/completions"
+        return self.host.call(
+            lambda: httpx.post(url, json=body, timeout=timeout), timeout=timeout + 10
+        )
+
+    def stream_chat(
+        self,
+        body: dict[str, Any],
+        timeout: float = 120.0,
+        on_first: Callable[[], None] | None = None,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A streamed chat: its decoded events and the node that served it.
+
+        ``on_first`` runs once the first event has arrived (a test injects its fault
+        there). ``timeout`` bounds every read; the whole call may take longer.
+        """
+        url = self.api_url + "/chat/completions"
+
+        def run() -> tuple[list[dict[str, Any]], str]:
+            events: list[dict[str, Any]] = []
+            with httpx.Client(timeout=timeout) as http:
+                with http.stream("POST", url, json={**body, "stream": True}) as response:
+                    serving = response.headers.get("x-meshp2p-node", "")
+                    for line in response.iter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        events.append(json.loads(line[len("data: ") :]))
+                        if len(events) == 1 and on_first is not None:
+                            on_first()
+            return events, serving
+
+        return self.host.call(run, timeout=timeout * 10)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A fresh lab for one test; skipped with the reason where namespaces cannot run."""
+    try:
+        made = Lab(tag=request.node.name[:6].replace("_", ""))
+    except LabUnavailable as why:
+        pytest.skip(str(why))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def lab_nodes(
+    lab: Lab, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[Host, list[str]], LabNode]]:
+    """Start nodes with ``lab_nodes(host, args)``; all are killed before the lab goes."""
+    nodes: list[LabNode] = []
+
+    def start(host: Host, args: list[str]) -> LabNode:
+        node = LabNode(host, tmp_path_factory.mktemp(f"lab-{host.name}"), args)
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            node.close(timeout=10)
+
+
+def text_of(events: list[dict[str, Any]]) -> str:
+    return "".join(
+        (e["choices"][0]["delta"].get("content") or "")
+        for e in events
+        if e.get("choices") and e["choices"][0].get("delta")
+    )
