@@ -204,12 +204,16 @@ class MeshService:
         out = []
         for peer, conns in self._host.get_network().get_connections_map().items():
             for conn in conns:
-                quic = getattr(conn.muxed_conn, "_quic", None)
+                muxed = conn.muxed_conn
+                quic = getattr(muxed, "_quic", None)  # py-libp2p's QUIC (aioquic)
+                is_quic = quic is not None or getattr(muxed, "transport_name", "") == "quic"
                 out.append(
                     {
                         "peer": peer.to_base58(),
-                        "transport": "quic" if quic is not None else "tcp",
-                        "datagram_size": getattr(quic, "_max_datagram_size", None),
+                        "transport": "quic" if is_quic else "tcp",
+                        "datagram_size": getattr(
+                            muxed, "datagram_size", getattr(quic, "_max_datagram_size", None)
+                        ),
                     }
                 )
         return out

@@ -1,0 +1,872 @@
+"""libp2p QUIC v1 on qh3 for py-libp2p's host: a transport, its listener, connections
+and streams, driven by trio over batched UDP I/O.
+
+qh3 keeps aioquic's sans-I/O API but does packet protection, ACKs, loss recovery,
+congestion control and streams in Rust, so the Python left per packet is this
+driver: one ``recvmmsg``/GRO read hands every waiting datagram to its connection in
+one call, and a connection's datagrams leave in one ``sendmsg`` with GSO
+(``qh3._hazmat.UdpSocketState``). The wire is libp2p's (RFC 9000, TLS 1.3, ALPN
+``libp2p``, the libp2p certificate extension with both ends authenticated, one
+bidirectional QUIC stream per libp2p stream; ``_quic_tls``), so stock py-libp2p,
+js-libp2p and go-libp2p peers dial it and are dialled by it.
+
+A listener tells its connections apart by the peer's address (one connection per
+address and port, as every libp2p dialer makes); a dial uses a socket of its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import IListener, IMuxedConn, IMuxedStream, ITransport
+from libp2p.connection_types import ConnectionType
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import THandler
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import (
+    MuxedConnUnavailable,
+    MuxedStreamClosed,
+    MuxedStreamEOF,
+    MuxedStreamError,
+    MuxedStreamReset,
+)
+from libp2p.transport.exceptions import OpenConnectionError
+from qh3._hazmat import UdpSocketState, pull_quic_header
+from qh3.quic import events
+from qh3.quic.configuration import QuicConfiguration
+
+from ._quic_path import is_direct, route_mtu
+from ._quic_tls import (
+    MeshQuicConnection,
+    QuicPeerRefused,
+    libp2p_certificate,
+    peer_id_from_certificate,
+    quic_configuration,
+)
+
+log = logging.getLogger("meshp2p.transport.quic")
+
+#: Smallest UDP payload QUIC allows (RFC 9000 14); internet peers start here.
+QUIC_MIN = 1200
+#: Largest datagram we send to a direct peer (loopback's MTU is 64 KiB; bigger
+#: datagrams mean fewer packets, and the kernel does not fragment on loopback).
+QH3_MAX = 16_000
+#: The connection-wide and per-stream receive windows we grant.
+CONNECTION_WINDOW = 16 << 20
+STREAM_WINDOW = 4 << 20
+#: A writer waits while more than this is queued unsent on its stream.
+SEND_HIGH_WATER = 1 << 20
+#: Unread bytes a stream may hold before it is reset (the reader is not reading).
+MAX_UNREAD = 64 << 20
+HANDSHAKE_TIMEOUT = 10.0
+ACCEPT_BACKLOG = 256
+CLOSE_LINGER = 0.2
+#: How far ahead of its pacing timer a small send may go (see QuicConn._transmit).
+PACING_SKIP = 0.002
+#: Datagrams read per ``recvmmsg`` round before other tasks get a turn.
+_RECV_ROUNDS = 16
+
+Address = tuple[str, int]
+
+
+def _norm(addr: Any) -> Address:
+    return (str(addr[0]), int(addr[1]))
+
+
+def quic_datagram_size(ip: str, port: int) -> int:
+    """The UDP payload size for a peer: the route MTU less headers for peers reached
+    directly (loopback, private, link-local, overlay), ``QUIC_MIN`` across the
+    internet (a client's path-MTU discovery raises it there, see ``_client_config``)."""
+    if not is_direct(ip):
+        return QUIC_MIN
+    mtu = route_mtu(ip, port)
+    if mtu is None:
+        return QUIC_MIN
+    header = 48 if ipaddress.ip_address(ip.split("%", 1)[0]).version == 6 else 28
+    return max(QUIC_MIN, min(mtu - header, QH3_MAX))
+
+
+def _split_maddr(maddr: multiaddr.Multiaddr) -> tuple[str, int, socket.AddressFamily]:
+    protos = [p.name for p in maddr.protocols()]
+    if "udp" not in protos or "quic-v1" not in protos:
+        raise OpenConnectionError(f"not a QUIC v1 address: {maddr}")
+    if "ip4" in protos:
+        ip, family = maddr.value_for_protocol("ip4"), socket.AF_INET
+    elif "ip6" in protos:
+        ip, family = maddr.value_for_protocol("ip6"), socket.AF_INET6
+    else:
+        raise OpenConnectionError(f"QUIC needs an IP address, not a name: {maddr}")
+    return str(ip), int(maddr.value_for_protocol("udp")), family
+
+
+def _quic_maddr(ip: str, port: int) -> multiaddr.Multiaddr:
+    version = "ip6" if ":" in ip else "ip4"
+    return multiaddr.Multiaddr(f"/{version}/{ip}/udp/{port}/quic-v1")
+
+
+# -- streams --------------------------------------------------------------------------
+
+
+class QuicStream(IMuxedStream):
+    """One bidirectional QUIC stream as a libp2p stream."""
+
+    def __init__(self, conn: QuicConn, stream_id: int, *, outbound: bool) -> None:
+        self.conn = conn
+        self.muxed_conn = conn
+        self.stream_id = stream_id
+        self.is_initiator = outbound
+        self._chunks: deque[bytes] = deque()
+        self._head = 0
+        self._buffered = 0
+        self._readable = trio.Event()
+        self._remote_fin = False
+        self._local_fin = False
+        self._reset = False
+        self._reset_why = ""
+        self._deadline = math.inf
+
+    @property
+    def is_closed(self) -> bool:
+        return self._reset or (self._local_fin and self._remote_fin)
+
+    def _on_data(self, data: bytes, fin: bool) -> None:
+        if self._reset:
+            return
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+        if fin:
+            self._remote_fin = True
+        self._readable.set()
+        if self._buffered > MAX_UNREAD:
+            self.conn._abort_stream(self, "the application stopped reading it")
+        elif self.is_closed and not self._buffered:
+            self.conn._forget(self)
+
+    def _on_reset(self, why: str) -> None:
+        if self._reset:
+            return
+        self._reset = True
+        self._reset_why = why
+        self._chunks.clear()
+        self._buffered = 0
+        self._readable.set()
+        self.conn._forget(self)
+
+    async def read(self, n: int | None = None) -> bytes:
+        if n == 0:
+            return b""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._buffered:
+            if self._reset:
+                raise MuxedStreamReset(f"stream {self.stream_id} was reset: {self._reset_why}")
+            if self._remote_fin:
+                raise MuxedStreamEOF(f"stream {self.stream_id} closed by the peer")
+            event = self._readable
+            if event.is_set():
+                self._readable = event = trio.Event()
+            await self._wait(event, "read")
+        data = self._take(self._buffered if n is None or n < 0 else n)
+        if self.is_closed and not self._buffered:
+            self.conn._forget(self)
+        return data
+
+    def _take(self, n: int) -> bytes:
+        chunks = self._chunks
+        first = chunks[0]
+        if self._head == 0 and n >= len(first) and (len(chunks) == 1 or n == len(first)):
+            chunks.popleft()
+            self._buffered -= len(first)
+            return first
+        parts: list[bytes] = []
+        need, head = n, self._head
+        while need and chunks:
+            chunk = chunks[0]
+            avail = len(chunk) - head
+            if avail <= need:
+                parts.append(chunk[head:] if head else chunk)
+                chunks.popleft()
+                head = 0
+                need -= avail
+            else:
+                parts.append(chunk[head : head + need])
+                head += need
+                need = 0
+        self._head = head
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._buffered -= len(out)
+        return out
+
+    async def _wait(self, event: trio.Event, what: str) -> None:
+        if self._deadline == math.inf:
+            await event.wait()
+            return
+        with trio.move_on_at(self._deadline):
+            await event.wait()
+            return
+        raise MuxedStreamError(f"stream {self.stream_id}: {what} deadline exceeded")
+
+    def _check_writable(self) -> None:
+        if self._reset:
+            raise MuxedStreamReset(f"stream {self.stream_id} was reset: {self._reset_why}")
+        if self.conn._dead:
+            raise MuxedStreamReset(f"stream {self.stream_id}: {self.conn._close_reason}")
+        if self._local_fin:
+            raise MuxedStreamClosed(f"stream {self.stream_id} is closed for writing")
+
+    async def write(self, data: bytes) -> None:
+        self._check_writable()
+        if data:
+            self.conn._send_stream(self.stream_id, data, False)
+        await self.conn._wait_for_send_room(self)
+
+    async def close(self) -> None:
+        """Half-close: FIN. Reading goes on until the peer closes its side."""
+        if self._local_fin or self._reset or self.conn._dead:
+            await trio.lowlevel.checkpoint()
+            return
+        self._local_fin = True
+        self.conn._send_stream(self.stream_id, b"", True)
+        if self.is_closed and not self._buffered:
+            self.conn._forget(self)
+        await trio.lowlevel.checkpoint()
+
+    async def close_write(self) -> None:
+        await self.close()
+
+    async def reset(self) -> None:
+        self.conn._abort_stream(self, "reset locally")
+        await trio.lowlevel.checkpoint()
+
+    def set_deadline(self, ttl: int) -> None:
+        if ttl < 0:
+            raise ValueError(f"deadline ttl must be >= 0, got {ttl}")
+        self._deadline = trio.current_time() + ttl
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self.conn.get_remote_address()
+
+    async def __aenter__(self) -> QuicStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<QuicStream {self.stream_id} peer={self.conn.peer_id}>"
+
+
+# -- connections ----------------------------------------------------------------------
+
+
+class QuicConn(IMuxedConn):
+    """A libp2p connection over one qh3 QUIC connection (already secure and muxed)."""
+
+    transport_name = "quic"
+
+    def __init__(
+        self,
+        endpoint: _Endpoint,
+        quic: MeshQuicConnection,
+        remote: Address,
+        *,
+        is_initiator: bool,
+        expected_peer: ID | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.quic = quic
+        self.remote = remote
+        self.is_initiator_value = is_initiator
+        self.expected_peer = expected_peer
+        self.peer_id: ID = expected_peer  # type: ignore[assignment]  # set by _verified
+        self.on_close: Callable[[], Awaitable[Any]] | None = None
+        self.streams: dict[int, QuicStream] = {}
+        self._accept_send, self._accept_recv = trio.open_memory_channel[QuicStream](ACCEPT_BACKLOG)
+        self.event_started = trio.Event()
+        self.event_closed = trio.Event()
+        self.handshake_done = trio.Event()
+        self._progress = trio.Event()
+        self._timer_changed = trio.Event()
+        self._dead = False
+        self._close_reason = ""
+        self._peer_error: str | None = None
+        self._floor = 0.0
+
+    # -- IMuxedConn ------------------------------------------------------------------
+
+    @property
+    def is_initiator(self) -> bool:
+        return self.is_initiator_value
+
+    @property
+    def is_established(self) -> bool:
+        return self.handshake_done.is_set() and not self._dead
+
+    @property
+    def is_closed(self) -> bool:
+        return self._dead
+
+    @property
+    def datagram_size(self) -> int:
+        return int(self.quic.configuration.max_datagram_size)
+
+    def get_transport_addresses(self) -> list[multiaddr.Multiaddr]:
+        return [_quic_maddr(*self.remote)]
+
+    def get_connection_type(self) -> ConnectionType:
+        return ConnectionType.DIRECT
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self.remote
+
+    async def start(self) -> None:
+        """Runs while the connection lives (its I/O runs in its endpoint)."""
+        self.event_started.set()
+        await self.event_closed.wait()
+        if self.on_close is not None:
+            hook, self.on_close = self.on_close, None
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await hook()
+
+    async def close(self) -> None:
+        if not self._dead:
+            self.quic.close(reason_phrase="closed")
+            self._transmit()
+            self._terminate("connection closed locally")
+        await trio.lowlevel.checkpoint()
+
+    async def open_stream(self) -> QuicStream:
+        if self._dead:
+            raise MuxedConnUnavailable(f"QUIC connection is closed ({self._close_reason})")
+        sid = self.quic.get_next_available_stream_id()
+        stream = QuicStream(self, sid, outbound=True)
+        self.streams[sid] = stream
+        # A stream exists for the peer once it carries a frame; the first write
+        # (multistream-select's header) comes at once.
+        try:
+            self.quic._open_stream()
+        except Exception as exc:
+            self.streams.pop(sid, None)
+            raise MuxedConnUnavailable(f"cannot open a QUIC stream: {exc}") from None
+        await trio.lowlevel.checkpoint()
+        return stream
+
+    async def accept_stream(self) -> QuicStream:
+        try:
+            return await self._accept_recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise MuxedConnUnavailable(
+                f"QUIC connection is closed ({self._close_reason})"
+            ) from None
+
+    # -- driving qh3 ---------------------------------------------------------------------
+
+    def _now(self) -> float:
+        # Never behind a time already given to qh3 (see _transmit's pacing skip).
+        now = trio.current_time()
+        if now < self._floor:
+            return self._floor
+        return now
+
+    def receive(self, datagrams: list[bytes]) -> None:
+        now = self._now()
+        try:
+            if len(datagrams) == 1:
+                self.quic.receive_datagram(datagrams[0], self.remote, now)
+            else:
+                self.quic.receive_many_datagrams(datagrams, self.remote, now)
+        except Exception as exc:
+            log.debug("QUIC %s: %s", self.remote, exc)
+            self._peer_error = str(exc)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand qh3's events to streams, send what it has, re-arm the timer."""
+        quic = self.quic
+        while (event := quic.next_event()) is not None:
+            self._on_event(event)
+        self._transmit()
+        self._progress.set()
+        self._timer_changed.set()
+
+    def _transmit(self) -> None:
+        if self._dead:
+            return
+        now = self._now()
+        quic = self.quic
+        datagrams = quic.datagrams_to_send(now)
+        if not datagrams:
+            # qh3 paces in whole datagrams of max_datagram_size: with the large ones
+            # a direct route allows, a 64-byte reply waits ~1 ms for pacing credit.
+            # Pacing spreads bursts over an RTT; on these paths the "burst" is one
+            # small packet, so take the credit now (at most PACING_SKIP early).
+            core = quic._core
+            timer = core.get_timer() if core is not None else None
+            if timer is not None and timer[0] == "pacing" and timer[1] - now <= PACING_SKIP:
+                self._floor = now = timer[1]
+                quic.handle_timer(now)
+                datagrams = quic.datagrams_to_send(now)
+        if datagrams:
+            self.endpoint.send([d for d, _ in datagrams], self.remote)
+
+    def _on_event(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                stream = self._inbound_stream(event.stream_id)
+                if stream is None:
+                    return
+            stream._on_data(event.data, event.end_stream)
+        elif isinstance(event, events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_reset(f"reset by the peer (code {event.error_code})")
+        elif isinstance(event, events.StopSendingReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                self._abort_stream(stream, "the peer stopped reading it")
+        elif isinstance(event, events.HandshakeCompleted):
+            self._verified()
+        elif isinstance(event, events.ConnectionTerminated):
+            why = event.reason_phrase or f"code {event.error_code}"
+            self._terminate(f"connection closed by the peer ({why})")
+
+    def _inbound_stream(self, sid: int) -> QuicStream | None:
+        ours = (sid & 1) == (0 if self.is_initiator_value else 1)
+        if ours or sid & 2:
+            return None  # a stream of ours already forgotten, or a unidirectional one
+        if sid < getattr(self, "_next_inbound", 0):
+            return None  # already accepted and finished
+        self._next_inbound = sid + 4
+        stream = QuicStream(self, sid, outbound=False)
+        try:
+            self._accept_send.send_nowait(stream)
+        except trio.WouldBlock:
+            self.quic.reset_stream(sid, 0)
+            return None
+        self.streams[sid] = stream
+        return stream
+
+    def _verified(self) -> None:
+        if self.is_initiator_value:
+            cert = self.quic.get_peercert()
+            try:
+                if cert is None:
+                    raise QuicPeerRefused("the peer sent no certificate")
+                self.peer_id = peer_id_from_certificate(cert.public_bytes(), self.expected_peer)
+            except QuicPeerRefused as exc:
+                self._peer_error = str(exc)
+                self.quic.close(error_code=0x0100 + 42, reason_phrase="peer id refused")
+                self._transmit()
+                self._terminate(str(exc))
+                return
+        self.handshake_done.set()
+
+    def _send_stream(self, sid: int, data: bytes, fin: bool) -> None:
+        try:
+            self.quic.send_stream_data(sid, data, fin)
+        except Exception as exc:
+            raise MuxedStreamReset(f"stream {sid}: {exc}") from None
+        self._pump()
+
+    async def _wait_for_send_room(self, stream: QuicStream) -> None:
+        await trio.lowlevel.checkpoint()
+        quic = self.quic
+        while not self._dead and not stream._reset:
+            if quic.get_send_buffer_size(stream.stream_id) <= SEND_HIGH_WATER:
+                return
+            event = self._progress
+            if event.is_set():
+                self._progress = event = trio.Event()
+            await stream._wait(event, "write")
+        stream._check_writable()
+
+    def _abort_stream(self, stream: QuicStream, why: str) -> None:
+        if not stream._reset and not self._dead:
+            try:
+                if not stream._local_fin:
+                    self.quic.reset_stream(stream.stream_id, 0)
+                if not stream._remote_fin:
+                    self.quic.stop_stream(stream.stream_id, 0)
+            except Exception:
+                pass
+            stream._on_reset(why)
+            self._pump()
+        else:
+            stream._on_reset(why)
+
+    def _forget(self, stream: QuicStream) -> None:
+        self.streams.pop(stream.stream_id, None)
+
+    def _terminate(self, reason: str) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        self._close_reason = reason
+        for stream in list(self.streams.values()):
+            stream._on_reset(reason)
+        self._accept_send.close()
+        self._progress.set()
+        self._timer_changed.set()
+        self.handshake_done.set()
+        self.event_closed.set()
+        self.endpoint.forget(self)
+
+    async def run_timer(self) -> None:
+        """Fire qh3's timer (ACK delay, loss detection, idle timeout) when it is due."""
+        while not self._dead:
+            event = self._timer_changed
+            if event.is_set():
+                self._timer_changed = event = trio.Event()
+            deadline = self.quic.get_timer()
+            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
+                await event.wait()
+            if scope.cancelled_caught and not self._dead:
+                self.quic.handle_timer(max(self._now(), deadline or 0.0))
+                self._pump()
+                if self.quic._close_event is not None and self.quic.get_timer() is None:
+                    self._terminate("connection timed out")
+
+    def __repr__(self) -> str:
+        return f"<QuicConn {self.remote} peer={self.peer_id}>"
+
+
+# -- UDP endpoints ----------------------------------------------------------------------
+
+
+class _Endpoint:
+    """A UDP socket and the QUIC connections on it; ``run`` reads it."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.udp = UdpSocketState(sock.fileno())
+        self.conns: dict[Address, QuicConn] = {}
+        self.on_initial: Callable[[bytes, Address], QuicConn | None] | None = None
+        self.nursery: trio.Nursery | None = None
+        self._pending: deque[tuple[list[bytes], Address]] = deque()
+        self._writable = trio.Event()
+        self.closed = trio.Event()
+
+    @property
+    def local(self) -> Address:
+        return _norm(self.sock.getsockname())
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._flush_pending)
+                task_status.started()
+                await self._read_loop()
+        finally:
+            self.closed.set()
+            for conn in list(self.conns.values()):
+                conn._terminate("the UDP socket closed")
+            self.sock.close()
+
+    async def _read_loop(self) -> None:
+        udp = self.udp
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            for _ in range(_RECV_ROUNDS):
+                try:
+                    batch = udp.recv()
+                except OSError as exc:  # e.g. ICMP port unreachable reported late
+                    log.debug("QUIC recv on %s: %s", self.local, exc)
+                    continue
+                if not batch:
+                    break
+                self._deliver(batch)
+            await trio.lowlevel.checkpoint()
+
+    def _deliver(self, batch: list[tuple[bytes, Any]]) -> None:
+        # Runs of datagrams from one peer go to its connection in one call.
+        run: list[bytes] = []
+        run_addr: Address | None = None
+        for data, addr in batch:
+            key = _norm(addr)
+            if key != run_addr and run:
+                self._to_conn(run, run_addr)  # type: ignore[arg-type]
+                run = []
+            run_addr = key
+            run.append(data)
+        if run:
+            self._to_conn(run, run_addr)  # type: ignore[arg-type]
+
+    def _to_conn(self, datagrams: list[bytes], addr: Address) -> None:
+        conn = self.conns.get(addr)
+        if conn is None:
+            if self.on_initial is None:
+                return
+            conn = self.on_initial(datagrams[0], addr)
+            if conn is None:
+                return
+        conn.receive(datagrams)
+
+    def add(self, conn: QuicConn) -> None:
+        self.conns[conn.remote] = conn
+        assert self.nursery is not None
+        self.nursery.start_soon(conn.run_timer)
+
+    def forget(self, conn: QuicConn) -> None:
+        if self.conns.get(conn.remote) is conn:
+            del self.conns[conn.remote]
+
+    def send(self, datagrams: list[bytes], addr: Address) -> None:
+        if self._pending:
+            self._pending.append((datagrams, addr))
+            return
+        sent = self._send_now(datagrams, addr)
+        if sent < len(datagrams):
+            self._pending.append((datagrams[sent:], addr))
+            self._writable.set()
+
+    def _send_now(self, datagrams: list[bytes], addr: Address) -> int:
+        try:
+            return int(self.udp.send(datagrams, addr))
+        except BlockingIOError as exc:
+            return int(getattr(exc, "datagrams_sent", 0) or 0)
+        except OSError as exc:
+            # Unreachable and the like: QUIC's loss recovery and timeouts deal with it.
+            log.debug("QUIC send to %s: %s", addr, exc)
+            return len(datagrams)
+
+    async def _flush_pending(self) -> None:
+        while True:
+            await self._writable.wait()
+            self._writable = trio.Event()
+            while self._pending:
+                await trio.lowlevel.wait_writable(self.sock)
+                datagrams, addr = self._pending[0]
+                sent = self._send_now(datagrams, addr)
+                if sent >= len(datagrams):
+                    self._pending.popleft()
+                else:
+                    self._pending[0] = (datagrams[sent:], addr)
+
+    def close(self) -> None:
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+
+def _udp_socket(family: socket.AddressFamily, bind: Address) -> trio.socket.SocketType:
+    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    except OSError:
+        pass
+    return sock
+
+
+# -- transport and listener -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuicSettings:
+    """Per-host QUIC knobs (tests shorten the timeouts)."""
+
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    idle_timeout: float = 30.0
+
+
+class QuicTransport(ITransport):
+    """libp2p QUIC v1 over qh3 (``/ip4|ip6/.../udp/N/quic-v1``)."""
+
+    def __init__(self, keypair: KeyPair, settings: QuicSettings | None = None) -> None:
+        self.keypair = keypair
+        self.local_peer = ID.from_pubkey(keypair.public_key)
+        self.settings = settings or QuicSettings()
+        self._cert, self._key = libp2p_certificate(keypair)
+        self._base: dict[bool, QuicConfiguration] = {}
+        self._nursery: trio.Nursery | None = None
+        self.listeners: list[QuicListener] = []
+
+    # py-libp2p's TransportManager calls these.
+    def set_background_nursery(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def protocols(self) -> list[str]:
+        return ["quic-v1"]
+
+    def can_dial(self, maddr: multiaddr.Multiaddr) -> bool:
+        try:
+            _split_maddr(maddr)
+        except OpenConnectionError:
+            return False
+        return True
+
+    def can_listen(self, maddr: multiaddr.Multiaddr) -> bool:
+        return self.can_dial(maddr)
+
+    def config(self, *, is_client: bool, datagram_size: int) -> QuicConfiguration:
+        base = self._base.get(is_client)
+        if base is None:
+            base = quic_configuration(
+                self._cert, self._key, is_client=is_client, max_datagram_size=QUIC_MIN
+            )
+            base.max_data = CONNECTION_WINDOW
+            base.max_stream_data = STREAM_WINDOW
+            base.idle_timeout = self.settings.idle_timeout
+            self._base[is_client] = base
+        # Path-MTU discovery only where the size was not read off a direct route.
+        return replace(
+            base,
+            max_datagram_size=datagram_size,
+            probe_datagram_size=is_client and datagram_size == QUIC_MIN,
+        )
+
+    async def dial(self, maddr: multiaddr.Multiaddr) -> QuicConn:  # type: ignore[override]
+        ip, port, family = _split_maddr(maddr)
+        try:
+            peer_text = maddr.value_for_protocol("p2p")
+            expected = ID.from_base58(str(peer_text)) if peer_text else None
+        except Exception:
+            expected = None
+        if self._nursery is None:
+            raise OpenConnectionError("the QUIC transport is not running (no nursery)")
+        sock = _udp_socket(family, ("", 0))
+        await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        endpoint = _Endpoint(sock)
+        await self._nursery.start(endpoint.run)
+        remote = (ip, port)
+        quic = MeshQuicConnection(
+            configuration=self.config(is_client=True, datagram_size=quic_datagram_size(ip, port))
+        )
+        conn = QuicConn(endpoint, quic, remote, is_initiator=True, expected_peer=expected)
+        endpoint.add(conn)
+        # The dialler's socket lives as long as its one connection.
+        assert endpoint.nursery is not None
+        endpoint.nursery.start_soon(_close_when_done, endpoint, conn)
+        quic.connect(remote, conn._now())
+        conn._pump()
+        with trio.move_on_after(self.settings.handshake_timeout):
+            await conn.handshake_done.wait()
+        if not conn.is_established:
+            why = conn._peer_error or conn._close_reason or "no answer"
+            await conn.close()
+            raise OpenConnectionError(f"QUIC dial to {maddr} failed: {why}")
+        return conn
+
+    def create_listener(self, handler_function: THandler) -> QuicListener:
+        listener = QuicListener(self, handler_function)
+        self.listeners.append(listener)
+        return listener
+
+    async def close(self) -> None:
+        for listener in list(self.listeners):
+            await listener.close()
+
+
+async def _close_when_done(endpoint: _Endpoint, conn: QuicConn) -> None:
+    await conn.event_closed.wait()
+    await trio.sleep(CLOSE_LINGER)  # let the CONNECTION_CLOSE leave
+    endpoint.close()
+
+
+class QuicListener(IListener):
+    """Accepts QUIC connections on one UDP socket; hands verified ones to the swarm."""
+
+    def __init__(self, transport: QuicTransport, handler: THandler) -> None:
+        self.transport = transport
+        self.handler = handler
+        self.background_nursery: trio.Nursery | None = None
+        self.endpoint: _Endpoint | None = None
+        self._addrs: list[multiaddr.Multiaddr] = []
+
+    async def listen(self, maddr: multiaddr.Multiaddr) -> None:
+        ip, port, family = _split_maddr(maddr)
+        nursery = self.background_nursery or self.transport._nursery
+        if nursery is None:
+            raise OpenConnectionError("QUIC listener has no nursery to run in")
+        sock = _udp_socket(family, (ip, port))
+        try:
+            await sock.bind((ip, port))
+        except OSError as exc:
+            sock.close()
+            raise OpenConnectionError(f"cannot listen on {maddr}: {exc}") from None
+        endpoint = _Endpoint(sock)
+        endpoint.on_initial = self._on_initial
+        await nursery.start(endpoint.run)
+        self.endpoint = endpoint
+        bound = endpoint.local
+        self._addrs.append(_quic_maddr(ip, bound[1]))
+
+    def _on_initial(self, data: bytes, addr: Address) -> QuicConn | None:
+        assert self.endpoint is not None
+        try:
+            header = pull_quic_header(data, 0, 8)
+        except ValueError:
+            return None
+        if len(data) < QUIC_MIN or header[1] != 0:  # only a long-header Initial opens
+            return None
+        holder: dict[str, ID] = {}
+
+        def check(der: bytes) -> None:
+            holder["peer"] = peer_id_from_certificate(der)
+
+        config = self.transport.config(is_client=False, datagram_size=quic_datagram_size(*addr))
+        quic = MeshQuicConnection(
+            configuration=config,
+            original_destination_connection_id=header[3],
+            client_check=check,
+        )
+        conn = _InboundConn(self, quic, addr, holder)
+        self.endpoint.add(conn)
+        return conn
+
+    def get_addrs(self) -> tuple[multiaddr.Multiaddr, ...]:
+        return tuple(self._addrs)
+
+    async def close(self) -> None:
+        if self.endpoint is not None:
+            for conn in list(self.endpoint.conns.values()):
+                await conn.close()
+            self.endpoint.close()
+            await self.endpoint.closed.wait()
+            self.endpoint = None
+
+
+class _InboundConn(QuicConn):
+    def __init__(
+        self,
+        listener: QuicListener,
+        quic: MeshQuicConnection,
+        remote: Address,
+        holder: dict[str, ID],
+    ) -> None:
+        assert listener.endpoint is not None
+        super().__init__(listener.endpoint, quic, remote, is_initiator=False)
+        self._listener = listener
+        self._holder = holder
+
+    def _verified(self) -> None:
+        peer = self._holder.get("peer")
+        if peer is None:  # cannot happen: the TLS layer refuses a handshake without one
+            self._terminate("the peer proved no peer id")
+            return
+        self.peer_id = peer
+        super()._verified()
+        nursery = self.endpoint.nursery
+        if nursery is not None:
+            nursery.start_soon(self._listener.handler, self)  # type: ignore[arg-type]
+
+
+def quic_transport(keypair: KeyPair) -> QuicTransport:
+    """The QUIC transport a node gives its host."""
+    return QuicTransport(keypair)
