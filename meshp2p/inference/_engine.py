@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import codecs
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,15 @@ class Delta:
     """New text generated since the last event."""
 
     text: str
+
+
+@dataclass
+class Step:
+    """One generated token is fully reflected in the deltas yielded before it: an answer
+    broken off after this point resumes from the tokens of the steps so far
+    (``Engine.generate``'s ``replay``)."""
+
+    token: int
 
 
 @dataclass
@@ -308,8 +318,67 @@ class Engine:
             )
         return grammar
 
-    def generate(self, req: PreparedRequest, cancel: threading.Event) -> Iterator[Delta | Finish]:
-        """Yield text deltas, then one Finish. Checks ``cancel`` before every token."""
+    def _replayed(
+        self, prompt: list[int], grammar: Any, sampling: dict[str, Any], pending: deque[int]
+    ) -> Generator[int, None, None]:
+        """Like ``Llama.generate``, but the first tokens are ``pending`` (yielded as
+        ``_REPLAYED``; the caller pops each): the sampler accepts them as if it had drawn
+        them, and with a seed it draws once for each too, so the tokens after them are
+        those of the run they came from.
+
+        Each replayed token is evaluated alone, as generation did: in one batch, the
+        logits differ from a token-by-token run's in their last bits, and that is enough
+        to change a sampled token now and then, or a greedy one at a near tie. Without
+        sampling the cost is about a third of generating them (measured in
+        docs/routing.md)."""
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+        from llama_cpp import _internals
+
+        llama = self.llama
+        sampler = llama._init_sampler(grammar=grammar, **sampling)
+        n_vocab = llama.n_vocab()
+        # Greedy keeps no state but the tokens accepted; a seeded sampler draws per token.
+        draws = sampling["temp"] != 0
+        candidates = _internals.LlamaTokenDataArray(n_vocab=n_vocab) if draws else None
+        try:
+            llama.reset()
+            llama.eval(list(prompt))
+            while pending:
+                token = pending[0]
+                if candidates is not None:
+                    logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(n_vocab,))
+                    candidates.copy_logits(logits)
+                    llama_cpp.llama_sampler_apply(
+                        sampler.sampler, ctypes.byref(candidates.candidates)
+                    )
+                sampler.accept(token)
+                yield _REPLAYED
+                llama.eval([token])
+            while True:
+                token = sampler.sample(llama._ctx, -1)
+                yield token
+                llama.eval([token])
+        finally:
+            sampler.close()
+
+    def generate(
+        self,
+        req: PreparedRequest,
+        cancel: threading.Event,
+        *,
+        replay: Sequence[int] = (),
+        steps: bool = False,
+    ) -> Iterator[Delta | Step | Finish]:
+        """Yield text deltas, then one Finish. Checks ``cancel`` before every token.
+
+        With ``steps``, a ``Step`` follows the deltas of each token. ``replay`` resumes an
+        answer another worker broke off: the tokens of its steps are taken as generated
+        (same seed, so the sampler's state advances as it did there) and what they
+        produced is not yielded again; the answer then goes on as it would have there.
+        """
         import random
 
         import llama_cpp
@@ -334,7 +403,8 @@ class Engine:
         count = 0
         reason = "length"
         matched: str | None = None
-        if req.echo:
+        pending = deque(replay)
+        if req.echo and not pending:
             yield Delta(req.prompt_text)
 
         # Emulated tools run in two phases: free text, watched for "<tool_call>"; then
@@ -342,13 +412,21 @@ class Engine:
         # call starts in the second. Stop strings and turn markers end free text only.
         constrained = req.call_forced
         prompt = req.prompt_tokens
+        step: tuple[int, bool] = (0, False)
         while True:
             prev = list(prompt)
             switch_at: int | None = None
             grammar = req.call_grammar if constrained else req.grammar
-            tokens = llama.generate(prompt, grammar=grammar, **req.sampling)
+            tokens = (
+                self._replayed(prompt, grammar, req.sampling, pending)
+                if pending
+                else llama.generate(prompt, grammar=grammar, **req.sampling)
+            )
             try:
                 for token in tokens:
+                    replayed = bool(pending) and token == _REPLAYED
+                    if replayed:
+                        token = pending.popleft()
                     if cancel.is_set():
                         reason = "cancelled"
                         break
@@ -373,15 +451,21 @@ class Engine:
                         at = text.find(CALL_OPEN) if req.call_grammar is not None else -1
                         if at != -1:
                             switch_at = at + len(CALL_OPEN)
+                            step = token, replayed
                             break
                     safe = _streamable_end(text, holdback, req.tools)
                     if safe > sent:
-                        yield Delta(text[sent:safe])
+                        if not replayed:
+                            yield Delta(text[sent:safe])
                         sent = safe
+                    if steps and not replayed:
+                        yield Step(token)
                     if count >= req.max_tokens:
                         break
             finally:
                 tokens.close()
+            if switch_at is not None and steps and not step[1]:
+                yield Step(step[0])  # the marker's token is the call's first step
             if switch_at is None or count >= req.max_tokens:
                 break
             # The call begins: resume from the prompt and the text up to the marker.
@@ -406,6 +490,10 @@ class Engine:
             yield Delta(text[sent:])
         full = req.prompt_text + text if req.echo else text
         yield Finish(reason, len(req.prompt_tokens), count, full, calls, matched)
+
+
+#: What ``Engine._replayed`` yields for a token to be taken from the replay queue.
+_REPLAYED = -1
 
 
 def _fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
