@@ -51,6 +51,7 @@ from ._openai import (
     sse,
 )
 from ._response_store import ResponseCapture, ResponseStore
+from ._resume import PROGRESS_HEADER, RESUMED_HEADER, ProgressError, ProgressReader, Resume
 from ._shapes import sse_event
 
 log = logging.getLogger("meshp2p.gateway")
@@ -184,7 +185,7 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, receive, nursery.cancel_scope.cancel)
             try:
-                await self._answer(request, upstreams, send, capture)
+                await self._answer(request, upstreams, send, capture, affinity)
             except ApiError as err:
                 error = err  # raised outside the nursery, not as an ExceptionGroup
             nursery.cancel_scope.cancel()
@@ -200,29 +201,62 @@ class Gateway:
         upstreams: list[Any],
         send: Send,
         capture: ResponseCapture | None = None,
+        affinity: bytes | None = None,
     ) -> None:
-        """Try the hosts in order until one answers; relay its answer."""
+        """Try the hosts in order until one answers; relay its answer. A chat or
+        completion answer whose host breaks off goes on on another host
+        (``_resume``)."""
+        resumable = request.endpoint in RESUMABLE
+        if resumable:
+            request = dataclasses.replace(request, progress=True)
+        relay = _Relay(
+            request, send, capture, ProgressReader(request.stream) if resumable else None
+        )
         failures: list[str] = []
-        for upstream in upstreams:
-            with self.router.track(upstream.node_id):
-                try:
-                    async with upstream.open(request) as response:
-                        if await self._relay(request, response, send, capture):
-                            self.router.host_ok(upstream.node_id)
-                        else:
+        tried: set[str] = set()
+        queue = list(upstreams)
+        with self.router.answering(request.model):
+            while queue:
+                upstream = queue.pop(0)
+                tried.add(upstream.node_id)
+                resume = relay.resume()
+                attempt = dataclasses.replace(request, resume=resume) if resume else request
+                with self.router.track(upstream.node_id):
+                    try:
+                        async with upstream.open(attempt) as response:
+                            finished = await relay.run(response)
+                    except HostUnavailable as exc:
+                        log.info(
+                            "host %s could not take %s: %s",
+                            upstream.node_id,
+                            request.model,
+                            exc.message,
+                        )
+                        # A busy host, or an older one without this endpoint, is fine otherwise.
+                        if exc.code not in ("busy", "unsupported"):
                             self.router.host_failed(upstream.node_id)
-                        return
-                except HostUnavailable as exc:
-                    log.info(
-                        "host %s could not take %s: %s",
-                        upstream.node_id,
-                        request.model,
-                        exc.message,
-                    )
-                    # A busy host, or an older one without this endpoint, is fine otherwise.
-                    if exc.code not in ("busy", "unsupported"):
-                        self.router.host_failed(upstream.node_id)
-                    failures.append(exc.message)
+                        failures.append(exc.message)
+                        continue
+                if finished:
+                    self.router.host_ok(upstream.node_id)
+                    return
+                self.router.host_failed(upstream.node_id)
+                failures.append(relay.broken or f"node {upstream.node_id} broke off")
+                if not relay.resumable:
+                    await relay.fail()
+                    return
+                log.info(
+                    "host %s broke off an answer of %s after %d tokens; resuming elsewhere",
+                    upstream.node_id,
+                    request.model,
+                    len(relay.reader.tokens) if relay.reader else 0,
+                )
+                queue = queue or self._others(request.model, affinity, tried)
+                if queue and relay.resume() is not None:
+                    self.router.resumed[request.model] += 1
+        if relay.started:
+            await relay.fail()  # no other host left: the error event, as without failover
+            return
         raise ApiError(
             503,
             f"no host could answer for {request.model!r}: " + "; ".join(failures),
@@ -231,32 +265,149 @@ class Gateway:
             headers={"retry-after": "5"},
         )
 
-    async def _relay(
+    def _others(self, model: str, affinity: bytes | None, tried: set[str]) -> list[Any]:
+        """The hosts of ``model`` not tried yet for this request, in the router's order."""
+        try:
+            _, upstreams = self.router.plan(model, affinity)
+        except ApiError:
+            return []
+        return [u for u in upstreams if u.node_id not in tried]
+
+
+RESUMABLE = frozenset({"chat", "completion"})
+"""Endpoints whose answers go on on another host when theirs breaks off."""
+
+
+class _Relay:
+    """Passes one request's answer to the client, across the hosts that give it.
+
+    With a ``ProgressReader`` the host's progress comments are read and left out, a
+    token's events go on once its step arrives, and a host that breaks off can be
+    followed by another that resumes from the tokens given so far.
+    """
+
+    def __init__(
         self,
         request: InferenceRequest,
-        response: UpstreamResponse,
         send: Send,
-        capture: ResponseCapture | None = None,
-    ) -> bool:
-        """Pass the answer on; False if the host broke off mid-answer."""
-        headers = [(k.encode(), v.encode()) for k, v in response.headers]
-        headers.append((b"x-meshp2p-node", response.node_id.encode()))
-        if request.ignored:
-            headers.append((b"x-meshp2p-ignored-fields", ",".join(request.ignored).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        if capture is not None and response.status != 200:
-            capture = None
+        capture: ResponseCapture | None,
+        reader: ProgressReader | None,
+    ) -> None:
+        self.request = request
+        self.send = send
+        self.capture = capture
+        self.reader = reader
+        #: The client has the answer's status and headers.
+        self.started = False
+        #: Why the last host broke off, if it did.
+        self.broken: str | None = None
+        #: Whether another host may go on with the answer.
+        self.resumable = False
+
+    def resume(self) -> Resume | None:
+        return self.reader.resume() if self.reader is not None else None
+
+    async def run(self, response: UpstreamResponse) -> bool:
+        """Relay ``response``; False if the host broke off (``broken`` says why)."""
+        self.broken = None
+        self.resumable = False
+        headers = dict(response.headers)
+        progress = self.reader is not None and headers.get(PROGRESS_HEADER) == "1"
+        resume = self.resume()
+        if resume is not None:
+            if not progress or headers.get(RESUMED_HEADER) != str(len(resume.tokens)):
+                self.broken = f"node {response.node_id} did not resume the answer"
+                return False
+        elif self.started and self.reader is not None and not progress:
+            # Nothing was final yet, so the answer may start again, but with progress.
+            self.broken = f"node {response.node_id} cannot resume answers"
+            return False
+        if not progress:
+            return await self._plain(response)
+        assert self.reader is not None
+        if self.request.stream and not self.started:
+            await self._start(response, response.status, ())
         try:
             async for chunk in response.body:
-                if capture is not None:
-                    capture.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamBroken as exc:
-            tail = _broken_stream_event(request.endpoint, str(exc)) if request.stream else b""
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+                out = self.reader.feed(chunk)
+                if out:
+                    await self._body(out)
+            out = self.reader.end()
+        except (UpstreamBroken, ProgressError) as exc:
+            self.reader.restart()
+            self.broken = str(exc)
+            self.resumable = True
             return False
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.request.stream:
+            await self._body(out)
+        else:
+            if self.reader.answer is None:
+                self.broken = f"node {response.node_id} ended without an answer"
+                self.resumable = True
+                return False
+            status, body = self.reader.answer
+            await self._start(response, status, [("content-type", "application/json")])
+            await self._body(body)
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+    async def _plain(self, response: UpstreamResponse) -> bool:
+        """An answer without progress: an error before the first token, or a host that
+        does not report progress. Passed on as it comes."""
+        if not self.started:
+            await self._start(response, response.status, None)
+        if self.capture is not None and response.status != 200:
+            self.capture = None
+        try:
+            async for chunk in response.body:
+                await self._body(chunk)
+        except UpstreamBroken as exc:
+            self.broken = str(exc)
+            return False
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+    async def _start(
+        self,
+        response: UpstreamResponse,
+        status: int,
+        replace: Iterable[tuple[str, str]] | None,
+    ) -> None:
+        kept = [(k, v) for k, v in response.headers if k not in _PRIVATE_HEADERS]
+        if replace is not None:
+            names = {k for k, _ in replace}
+            kept = [(k, v) for k, v in kept if k not in names and k != "content-type"]
+            kept.extend(replace)
+            if not self.request.stream:
+                kept = [(k, v) for k, v in kept if k not in _STREAM_HEADERS]
+        headers = [(k.encode(), v.encode()) for k, v in kept]
+        headers.append((b"x-meshp2p-node", response.node_id.encode()))
+        if self.request.ignored:
+            headers.append((b"x-meshp2p-ignored-fields", ",".join(self.request.ignored).encode()))
+        if replace is not None and self.request.stream:
+            headers = [(k, v) for k, v in headers if k != b"content-type"]
+            headers.append((b"content-type", b"text/event-stream"))
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        self.started = True
+        if self.capture is not None and status != 200:
+            self.capture = None
+
+    async def _body(self, chunk: bytes) -> None:
+        if self.capture is not None:
+            self.capture.feed(chunk)
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def fail(self) -> None:
+        """End the answer after its host broke off and none took over."""
+        if not self.started:
+            return
+        message = self.broken or "the host broke off"
+        tail = _broken_stream_event(self.request.endpoint, message) if self.request.stream else b""
+        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+_PRIVATE_HEADERS = frozenset({PROGRESS_HEADER, RESUMED_HEADER})
+_STREAM_HEADERS = frozenset({"cache-control", "x-accel-buffering"})
 
 
 def _broken_stream_event(endpoint: str, message: str) -> bytes:

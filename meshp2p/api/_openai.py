@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._resume import Resume
+
 Endpoint = Literal["chat", "completion", "responses", "messages", "count_tokens", "embeddings"]
 """``chat`` /v1/chat/completions, ``completion`` /v1/completions, ``responses`` /v1/responses,
 ``messages`` /v1/messages, ``count_tokens`` /v1/messages/count_tokens, ``embeddings``
@@ -96,19 +98,26 @@ class InferenceRequest:
     #: The client's JSON body as received: what /mesh/route carries to another node,
     #: which validates it again (a member is trusted no more than a local client).
     body: bytes = field(default=b"", repr=False, compare=False)
+    #: Ask the host for progress comments, to resume elsewhere if it breaks off
+    #: (chat and completion; ``_resume``).
+    progress: bool = False
+    #: Go on with an answer another host broke off.
+    resume: Resume | None = field(default=None, repr=False)
 
     def to_worker_json(self) -> bytes:
         """The body sent to an inference worker: already validated, nothing to re-check."""
-        return json.dumps(
-            {
-                "endpoint": self.endpoint,
-                "model": self.model,
-                "stream": self.stream,
-                "include_usage": self.include_usage,
-                "params": self.params,
-            },
-            separators=(",", ":"),
-        ).encode()
+        worker: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "stream": self.stream,
+            "include_usage": self.include_usage,
+            "params": self.params,
+        }
+        if self.progress:
+            worker["progress"] = True
+        if self.resume is not None:
+            worker["resume"] = self.resume.to_json()
+        return json.dumps(worker, separators=(",", ":")).encode()
 
 
 # Fields that are accepted and have no effect on the generated answer.

@@ -91,6 +91,10 @@ class InferenceWorker:
         self.port: int | None = None
         self.pid: int | None = None
         self.restarts = 0
+        #: Answers the child is generating now, for this node's API or another node's.
+        self.in_flight = 0
+        #: Answers taken over from another host that broke off (mid-stream failover).
+        self.resumed = 0
         self.last_error: str | None = None
         self.info: dict[str, Any] = {}
         self.retry_at: float | None = None
@@ -112,6 +116,8 @@ class InferenceWorker:
             "pid": self.pid,
             "port": self.port,
             "restarts": self.restarts,
+            "in_flight": self.in_flight,
+            "resumed": self.resumed,
             "last_error": self.last_error,
             "n_ctx": self.info.get("n_ctx"),
             "threads": self.settings.threads,

@@ -36,9 +36,17 @@ from ..api._asgi import (
 )
 from ..api._embeddings import embeddings_body
 from ..api._openai import ApiError, error_style
-from ..api._shapes import AnswerShaper, Ending, shaper_for
+from ..api._resume import (
+    PROGRESS_HEADER,
+    RESUMED_HEADER,
+    Resume,
+    answer_frame,
+    start_frame,
+    step_frame,
+)
+from ..api._shapes import AnswerShaper, ChatShaper, Ending, shaper_for
 from ._embed import Embedder, load_embedder, pooling_for
-from ._engine import Cancelled, Delta, Engine, Finish
+from ._engine import Cancelled, Delta, Engine, Finish, Step
 
 log = logging.getLogger("meshp2p.worker")
 
@@ -93,7 +101,7 @@ class Started:
         self.prompt_tokens = prompt_tokens
 
 
-Event = Delta | Finish | Started | ApiError
+Event = Delta | Step | Finish | Started | ApiError
 
 
 class WorkerApp:
@@ -172,6 +180,17 @@ class WorkerApp:
         shaper = shaper_for(endpoint, self.model_id, request, now=int(time.time()))
         kind = "completion" if endpoint == "completion" else "chat"
         stream = bool(request.get("stream"))
+        # Progress and resuming (mid-stream failover, ``api/_resume``): chat and completion.
+        progress = isinstance(shaper, ChatShaper) and bool(request.get("progress"))
+        resume: Resume | None = None
+        if progress and request.get("resume") is not None:
+            try:
+                resume = Resume.from_json(request["resume"])
+            except ValueError as exc:
+                raise ApiError(400, f"bad resume: {exc}", param="resume") from None
+            assert isinstance(shaper, ChatShaper)
+            shaper.shaper.id, shaper.shaper.created = resume.id, resume.created
+        replay = resume.tokens if resume is not None else ()
         cancel = threading.Event()
         # Unbounded: a generation makes at most n_ctx small events, and the model
         # thread must never wait for the event loop between two tokens.
@@ -186,7 +205,7 @@ class WorkerApp:
             try:
                 prepared = self.engine.prepare(kind, request["params"])
                 emit(Started(len(prepared.prompt_tokens)))
-                for event in self.engine.generate(prepared, cancel):
+                for event in self.engine.generate(prepared, cancel, replay=replay, steps=progress):
                     emit(event)
             except Cancelled:
                 pass
@@ -211,7 +230,10 @@ class WorkerApp:
 
                 nursery.start_soon(run_model)
                 try:
-                    if stream:
+                    if progress:
+                        assert isinstance(shaper, ChatShaper)
+                        await self._progress(shaper, events, send, stream, resume)
+                    elif stream:
                         await self._stream(shaper, events, send)
                     else:
                         await self._respond(shaper, events, send)
@@ -228,7 +250,7 @@ class WorkerApp:
 
     async def _first(
         self, events: trio.MemoryReceiveChannel[Event]
-    ) -> tuple[Delta | Finish | None, int]:
+    ) -> tuple[Delta | Step | Finish | None, int]:
         """The first token's event (errors before it keep their status), and the prompt's
         token count."""
         prompt_tokens = 0
@@ -269,6 +291,55 @@ class WorkerApp:
                 ended = ApiError(500, "generation ended unexpectedly", type="server_error")
                 await _body(send, shaper.failure(ended), more=False)
                 return
+
+    async def _progress(
+        self,
+        shaper: ChatShaper,
+        events: trio.MemoryReceiveChannel[Event],
+        send: Send,
+        stream: bool,
+        resume: Resume | None,
+    ) -> None:
+        """An answer with progress comments; a whole answer comes as one event at the
+        end. A resumed stream leaves out its opening: the client has it already."""
+        first, prompt_tokens = await self._first(events)
+        if first is None:
+            return
+        headers = [(PROGRESS_HEADER, "1")]
+        if resume is not None:
+            headers.append((RESUMED_HEADER, str(len(resume.tokens))))
+        await start_stream(send, headers=headers)
+        await _body(send, start_frame(shaper.shaper.id, shaper.shaper.created))
+        if stream and resume is None:
+            for frame in shaper.opening(prompt_tokens):
+                await _body(send, frame)
+        event: Event = first
+        while True:
+            if isinstance(event, Step):
+                await _body(send, step_frame(event.token))
+            elif isinstance(event, Delta) and stream:
+                for frame in shaper.delta(event.text):
+                    await _body(send, frame)
+            elif isinstance(event, Finish):
+                if stream:
+                    frames = shaper.closing(_ending(event))
+                else:
+                    frames = [answer_frame(200, shaper.body(_ending(event)))]
+                for frame in frames:
+                    await _body(send, frame)
+                await _body(send, b"", more=False)
+                return
+            elif isinstance(event, ApiError):
+                if stream:
+                    frame = shaper.failure(event)
+                else:
+                    frame = answer_frame(event.status, event.body(shaper.style))
+                await _body(send, frame, more=False)
+                return
+            try:
+                event = await events.receive()
+            except trio.EndOfChannel:
+                return  # the client went away
 
     async def _respond(
         self, shaper: AnswerShaper, events: trio.MemoryReceiveChannel[Event], send: Send

@@ -28,6 +28,8 @@ def node_status(node: Node) -> dict[str, Any]:
         "uptime_s": round(time.time() - node.started, 1),
         "role": node.local_state().role,
         "models_served": [w.status() for w in node.workers],
+        # Per model, through this node's API: in flight now, resumed elsewhere since start.
+        "requests": node.router.requests_status() if node.router else {},
         "mesh_id": node.credentials.mesh_id,
         "invite_token": mesh.invite_token() if mesh else None,
         "addrs": list(mesh.addrs) if mesh else [],

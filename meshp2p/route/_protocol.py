@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .._errors import ProtocolError
+from ..api._resume import MAX_ANSWER_ID_LEN, MAX_RESUME_TOKENS, Resume
 from ..transport._wire import (
     TYPE_KEY,
     bytes_field,
@@ -108,15 +109,26 @@ class RouteRequest:
     endpoint: str
     body: bytes
     v: int = ROUTE_VERSION
+    progress: bool = False
+    """Ask for progress comments in the answer (chat and completion), so that the
+    requester can resume it on another host if this one breaks off."""
+    resume: Resume | None = None
+    """Go on with an answer another host broke off: the tokens whose events the client
+    has, and the answer's id and creation time."""
 
     def to_map(self) -> dict[str, Any]:
-        return {
+        m: dict[str, Any] = {
             TYPE_KEY: "request",
             "v": self.v,
             "id": self.request_id,
             "endpoint": self.endpoint,
             "body": self.body,
         }
+        if self.progress:
+            m["progress"] = True
+        if self.resume is not None:
+            m["resume"] = self.resume.to_json()
+        return m
 
 
 @dataclass(frozen=True)
@@ -258,11 +270,16 @@ def parse_client_message(m: Mapping[str, Any]) -> ClientMessage | None:
         request_id = text_field(m, "id", max_len=MAX_REQUEST_ID_LEN)
         if not _REQUEST_ID.fullmatch(request_id):
             raise ProtocolError("field 'id' must be visible ASCII characters")
+        progress = m.get("progress", False)
+        if not isinstance(progress, bool):
+            raise ProtocolError("field 'progress' must be a boolean")
         return RouteRequest(
             request_id=request_id,
             endpoint=text_field(m, "endpoint", max_len=MAX_ENDPOINT_LEN),
             body=bytes_field(m, "body", max_len=MAX_BODY),
             v=uint_field(m, "v"),
+            progress=progress,
+            resume=_resume(m["resume"]) if "resume" in m else None,
         )
     if kind == "table":
         return TableRequest(since=uint_field(m, "since"), v=uint_field(m, "v"))
@@ -295,6 +312,22 @@ def parse_server_message(m: Mapping[str, Any]) -> ServerMessage:
     if kind == "unchanged":
         return TableUnchanged(_table_version(m))
     raise ProtocolError(f"unknown route answer type {kind!r}")
+
+
+def _resume(r: Any) -> Resume:
+    where = "resume "
+    if not isinstance(r, Mapping):
+        raise ProtocolError("field 'resume' must be a map")
+    tokens = list_field(r, "tokens", max_len=MAX_RESUME_TOKENS, where=where)
+    if not tokens:
+        raise ProtocolError("resume field 'tokens' must not be empty")
+    if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**32 for t in tokens):
+        raise ProtocolError("resume field 'tokens' must hold token ids (0..2^32-1)")
+    return Resume(
+        tuple(tokens),
+        text_field(r, "id", max_len=MAX_ANSWER_ID_LEN, where=where),
+        uint_field(r, "created", where=where),
+    )
 
 
 def _header_name(name: Any) -> str:

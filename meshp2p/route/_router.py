@@ -68,6 +68,10 @@ class RequestRouter:
         #: (demand; names nobody knows are not counted).
         self.on_request = on_request
         self.inflight: Counter[str] = Counter()
+        #: Per model: requests this node's API has open, and those it resumed on
+        #: another host after theirs broke off (mid-stream failover).
+        self.model_inflight: Counter[str] = Counter()
+        self.resumed: Counter[str] = Counter()
         self._last_served: dict[str, float] = {}
         self._penalties: dict[str, tuple[float, float]] = {}  # node -> (until, length)
 
@@ -217,3 +221,22 @@ class RequestRouter:
             self.inflight[node_id] -= 1
             if self.inflight[node_id] <= 0:
                 del self.inflight[node_id]
+
+    @contextmanager
+    def answering(self, model: str) -> Iterator[None]:
+        """Count a request for ``model`` in flight through this node's API."""
+        self.model_inflight[model] += 1
+        try:
+            yield
+        finally:
+            self.model_inflight[model] -= 1
+            if self.model_inflight[model] <= 0:
+                del self.model_inflight[model]
+
+    def requests_status(self) -> dict[str, dict[str, int]]:
+        """Per model: ``in_flight`` through this node's API now, and ``resumed`` since
+        start (answers that went on on another host when theirs broke off)."""
+        models = sorted(set(self.model_inflight) | set(self.resumed))
+        return {
+            m: {"in_flight": self.model_inflight[m], "resumed": self.resumed[m]} for m in models
+        }

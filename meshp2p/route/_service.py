@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -146,6 +147,7 @@ class RouteServer:
             await send(_route.ResponseEnd())
             return
         assert worker is not None  # parse_request refuses a body without a model name
+        inference = dataclasses.replace(inference, progress=request.progress, resume=request.resume)
         upstream = LocalUpstream(worker, self.http, self.mesh.node_id)
         async with trio.open_nursery() as nursery:
             # A reset from the requester (its client left) cancels the generation.
@@ -187,7 +189,13 @@ class RemoteUpstream:
     async def open(self, request: InferenceRequest) -> AsyncIterator[UpstreamResponse]:
         peer = ID.from_base58(self.node_id)
         exchange = _route.RouteClientExchange(
-            _route.RouteRequest(secrets.token_hex(8), request.endpoint, request.body)
+            _route.RouteRequest(
+                secrets.token_hex(8),
+                request.endpoint,
+                request.body,
+                progress=request.progress,
+                resume=request.resume,
+            )
         )
         decoder = FrameDecoder(exchange.max_frame)
         pending: list[dict[str, Any]] = []

@@ -19,10 +19,20 @@ import httpx
 import trio
 
 from ..api._openai import InferenceRequest
+from ..api._resume import PROGRESS_HEADER, RESUMED_HEADER
 
 log = logging.getLogger("meshp2p.upstream")
 
-RELAYED_HEADERS = frozenset({"content-type", "retry-after", "cache-control", "x-accel-buffering"})
+RELAYED_HEADERS = frozenset(
+    {
+        "content-type",
+        "retry-after",
+        "cache-control",
+        "x-accel-buffering",
+        PROGRESS_HEADER,
+        RESUMED_HEADER,
+    }
+)
 
 
 class HostUnavailable(Exception):
@@ -56,6 +66,9 @@ class Upstream(Protocol):
 
 
 class WorkerLike(Protocol):
+    in_flight: int
+    resumed: int
+
     @property
     def base_url(self) -> str | None: ...
 
@@ -84,6 +97,19 @@ class LocalUpstream:
         base_url = self.worker.base_url
         if base_url is None:
             raise HostUnavailable(self.worker.unavailable_reason(), "model_unavailable")
+        self.worker.in_flight += 1
+        if request.resume is not None:
+            self.worker.resumed += 1
+        try:
+            async with self._open(request, base_url) as response:
+                yield response
+        finally:
+            self.worker.in_flight -= 1
+
+    @asynccontextmanager
+    async def _open(
+        self, request: InferenceRequest, base_url: str
+    ) -> AsyncIterator[UpstreamResponse]:
         try:
             context = self.client.stream(
                 "POST",
