@@ -4,8 +4,10 @@ Both apps (``interop/transport/py_app.py`` and ``interop/transport/js_app.mjs``)
 the test-plans transport-interop contract: the listener ``RPUSH``es its multiaddr to
 ``{TEST_KEY}_listener_multiaddr``, the dialer ``BLPOP``s it, dials, pings and prints
 ``{"handshakePlusOneRTTMillis": X, "pingRTTMillis": Y}``; the dialer's exit code is the
-verdict. For each transport we run py->js and js->py, plus py->py and js->js as controls,
-each pair with its own TEST_KEY against one redis-server (``interop/redis.py``).
+verdict. For each transport we run py->js and js->py, py->stock and stock->py (``stock``:
+the same app on stock py-libp2p, whose QUIC is aioquic's, so a node still talks to plain
+py-libp2p peers), plus py->py and js->js as controls, each pair with its own TEST_KEY
+against one redis-server (``interop/redis.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ VENV_PYTHON = HERE.parent / ".venv" / "bin" / "python"
 #: our transport names -> the contract's TRANSPORT values
 TRANSPORT_ENV = {"tcp": "tcp", "quic": "quic-v1"}
 #: (dialer, listener), interop pairs first, then the controls
-PAIRS = (("py", "js"), ("js", "py"), ("py", "py"), ("js", "js"))
+PAIRS = (
+    ("py", "js"),
+    ("js", "py"),
+    ("py", "stock"),
+    ("stock", "py"),
+    ("py", "py"),
+    ("js", "js"),
+)
 
 PAIR_TIMEOUT = 20.0  # hard limit per pair; a passing pair takes 2-5 s
 APP_TIMEOUT = 15  # test_timeout_seconds given to the apps, so they report it themselves
@@ -46,7 +55,7 @@ WORKERS = 4  # pairs at once: worst case (all time out) 2 rounds x PAIR_TIMEOUT
 
 
 def _app_cmd(impl: str) -> list[str]:
-    if impl == "py":
+    if impl in ("py", "stock"):
         python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
         return [python, str(APP_DIR / "py_app.py")]
     return [str(NODE_BIN), str(APP_DIR / "js_app.mjs")]
@@ -107,6 +116,8 @@ class _Runner:
         # Files, not pipes: nobody reads while the apps run. kill_all() closes them.
         out = tempfile.TemporaryFile()  # noqa: SIM115
         err = tempfile.TemporaryFile()  # noqa: SIM115
+        if impl == "stock":
+            env = {**env, "PY_STACK": "stock"}
         popen = subprocess.Popen(
             _app_cmd(impl),
             env=env,

@@ -23,6 +23,7 @@ from libp2p.peer.id import ID  # noqa: E402
 
 from meshp2p.inference._gguf import TensorInfo  # noqa: E402
 from meshp2p.mesh import _auth, _gossip  # noqa: E402
+from meshp2p.mesh._state import root_of  # noqa: E402
 from meshp2p.route import _protocol as _route  # noqa: E402
 from meshp2p.tensor import _protocol as _tensor  # noqa: E402
 from meshp2p.tensor._rpc_wire import (  # noqa: E402
@@ -199,6 +200,8 @@ def gossip_vectors() -> list[dict[str, Any]]:
         key_b,
     )
     leaving = _gossip.sign_leaving(1_767_225_700_000, MESH_ID, key_a)
+    buckets = tuple(bytes([i]) * _gossip.SUMMARY_HASH_LEN for i in range(_gossip.SUMMARY_BUCKETS))
+    summary = _gossip.Summary(buckets)
 
     def signed(seed: bytes, payload: bytes, signature: bytes) -> dict[str, Any]:
         public_key = key(seed).get_public_key()
@@ -234,6 +237,12 @@ def gossip_vectors() -> list[dict[str, Any]]:
             **signed(SEED_A, leaving.signed_payload, leaving.signature),
         ),
         vector("dead", _gossip.Dead(worker.node_id, worker.seq).to_map()),
+        vector("summary (heartbeat of a mesh of more than 16 nodes)", summary.to_map()),
+        vector("tick (heartbeat while two views agree)", _gossip.Tick(root_of(buckets)).to_map()),
+        vector(
+            "demand (one push-sum share)",
+            _gossip.DemandShare(14_723, 0.5, {"gemma-3-270m-Q4_K_M": 12.5, "qwen": 3.0}).to_map(),
+        ),
     ]
 
 

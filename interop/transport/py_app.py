@@ -4,7 +4,9 @@ Settings come from the environment: ``IS_DIALER`` ("true"/"false"), ``REDIS_ADDR
 (host:port), ``TEST_KEY``, ``TRANSPORT`` ("tcp" or "quic-v1"), ``SECURE_CHANNEL``
 ("noise") and ``MUXER`` ("yamux") for tcp, optional ``LISTENER_IP`` (default 0.0.0.0)
 and ``test_timeout_seconds`` (default 180). The host is the one a meshp2p node builds
-(``meshp2p.transport.mesh_host``: its own Noise transport phase and yamux on TCP).
+(``meshp2p.transport.mesh_host``: its own Noise transport phase and yamux on TCP, its
+own QUIC on qh3), or with ``PY_STACK=stock`` a stock py-libp2p host (py-libp2p's Noise,
+yamux and aioquic-based QUIC), the peer a node must still talk to.
 
 The listener ``RPUSH``es its multiaddr to ``{TEST_KEY}_listener_multiaddr`` and stays up
 until it is killed (or the timeout passes). The dialer ``BLPOP``s it, dials, pings and
@@ -23,7 +25,9 @@ import time
 
 import multiaddr
 import trio
+from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
 from libp2p.host.ping import PingService
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
@@ -125,6 +129,15 @@ def _outbound_ip() -> str:
             return "127.0.0.1"
 
 
+def _new_host(key_pair: KeyPair, listen: list[multiaddr.Multiaddr]) -> object:
+    stack = os.environ.get("PY_STACK", "meshp2p")
+    if stack == "stock":
+        return new_host(key_pair=key_pair, listen_addrs=listen)
+    if stack != "meshp2p":
+        raise AppError(f"PY_STACK {stack!r} is not supported (meshp2p, stock)")
+    return mesh_host(key_pair, listen)
+
+
 def _make_host(transport: str, ip: str) -> tuple[object, list[multiaddr.Multiaddr]]:
     key_pair = create_new_key_pair()
     if transport == "tcp":
@@ -135,10 +148,10 @@ def _make_host(transport: str, ip: str) -> tuple[object, list[multiaddr.Multiadd
         if muxer != "yamux":
             raise AppError(f"MUXER {muxer!r} is not supported (only yamux)")
         listen = [multiaddr.Multiaddr(f"/ip4/{ip}/tcp/0")]
-        host = mesh_host(key_pair, listen)  # meshp2p's own Noise and yamux
+        host = _new_host(key_pair, listen)
     elif transport == "quic-v1":
         listen = [multiaddr.Multiaddr(f"/ip4/{ip}/udp/0/quic-v1")]
-        host = mesh_host(key_pair, listen)
+        host = _new_host(key_pair, listen)
     else:
         raise AppError(f"TRANSPORT {transport!r} is not supported (tcp, quic-v1)")
     return host, listen

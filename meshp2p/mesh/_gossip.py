@@ -213,6 +213,16 @@ def _rate(value: Any) -> float:
     return value
 
 
+def _finite(value: Any, name: str, limit: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= limit  # also refuses NaN
+    ):
+        raise ProtocolError(f"demand field {name!r} values must be numbers in 0..{limit:g}")
+    return float(value)
+
+
 def _parse_model_file(entry: Any) -> ModelFile:
     where = "models_on_disk entry "
     if not isinstance(entry, dict):
@@ -393,7 +403,46 @@ class Dead:
         return {TYPE_KEY: "dead", "node_id": self.node_id, "seq": self.seq}
 
 
-GossipMessage = Announce | Digest | Summary | Want | Leaving | Dead
+ROOT_HASH_LEN = 8
+
+
+@dataclass(frozen=True)
+class Tick:
+    """In a large mesh, the heartbeat to a peer whose last view hash equalled ours: one
+    short hash of the whole view (``_state.MeshState.root``) instead of a Summary's 16.
+    A receiver whose own hash differs answers with its Summary."""
+
+    root: bytes
+
+    def to_map(self) -> dict[str, Any]:
+        return {TYPE_KEY: "tick", "root": self.root}
+
+
+#: Push-sum weights sum to the number of nodes; no mesh holds more than the view cap.
+MAX_DEMAND_WEIGHT = 1e6
+#: A rate (requests per minute, summed over a share) above this is garbage.
+MAX_DEMAND_SUM = 1e12
+
+
+@dataclass(frozen=True)
+class DemandShare:
+    """One push-sum share of the mesh's demand (``meshp2p.planner.PushSum``): in a large
+    mesh, nodes average their request rates this way instead of each announcing its own."""
+
+    epoch: int
+    weight: float
+    sums: Mapping[str, float]
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            TYPE_KEY: "demand",
+            "epoch": self.epoch,
+            "weight": self.weight,
+            "sums": dict(self.sums),
+        }
+
+
+GossipMessage = Announce | Digest | Summary | Want | Leaving | Dead | Tick | DemandShare
 
 _LEAVING_KEYS = frozenset((TYPE_KEY, "node_id", "seq", "mesh_id", "public_key", "signature"))
 
@@ -442,6 +491,18 @@ def parse_gossip_message(m: Mapping[str, Any]) -> GossipMessage | None:
                 f"summary must hold {SUMMARY_BUCKETS} hashes of {SUMMARY_HASH_LEN} bytes"
             )
         return Summary(tuple(buckets))
+    if kind == "tick":
+        return Tick(bytes_field(m, "root", max_len=ROOT_HASH_LEN, min_len=ROOT_HASH_LEN))
+    if kind == "demand":
+        sums = map_field(m, "sums", max_len=MAX_REQUEST_RATES)
+        return DemandShare(
+            epoch=uint_field(m, "epoch"),
+            weight=_finite(m.get("weight"), "weight", MAX_DEMAND_WEIGHT),
+            sums={
+                _text_item(k, "sums", MAX_MODEL_NAME_LEN): _finite(v, "sums", MAX_DEMAND_SUM)
+                for k, v in sums.items()
+            },
+        )
     if kind == "want":
         ids = list_field(m, "node_ids", max_len=MAX_WANT)
         return Want(tuple(_node_id(i) for i in ids))

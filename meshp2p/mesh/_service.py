@@ -44,11 +44,23 @@ from ..transport._host import (
 from ..transport._streams import close_quietly
 from ..transport._wire import FrameDecoder, encode_frame
 from . import _auth, _gossip
-from ._gossip import Announce, Announcement, Dead, Digest, Leaving, Summary, Want
+from ._gossip import (
+    Announce,
+    Announcement,
+    Dead,
+    DemandShare,
+    Digest,
+    Leaving,
+    Summary,
+    Tick,
+    Want,
+)
 from ._invite import InviteToken, MeshCredentials
 from ._kad import MeshKad, on_disk_key, served_key
 from ._overlay import FULL_DIGEST_NODES, overlay_targets
-from ._state import MeshState, MeshView
+from ._pushsum import EPOCH_HEARTBEATS, PushSum
+from ._relay import MeshRelay, conn_is_relayed, connection_path, split_addrs
+from ._state import MeshState, MeshView, root_of
 
 log = logging.getLogger("meshp2p.mesh")
 
@@ -57,6 +69,8 @@ GOSSIP = TProtocol(_gossip.PROTOCOL_ID)
 
 _AUTH_TIMEOUT = 10.0
 _DIAL_TIMEOUT = 10.0
+#: How long a peer's own addresses are tried before its relay circuits.
+_DIRECT_FIRST = 3.0
 _WRITE_TIMEOUT = 10.0
 _PING_TIMEOUT = 5.0
 # A stream may arrive a moment before the handshake that admits its sender ends.
@@ -106,6 +120,9 @@ class _Link:
     #: The peer sends Summaries (its view is large): answer in kind, so that it sends
     #: us digests of the buckets where we differ (a joiner learns the mesh this way).
     summaries: bool = False
+    #: The view hash the peer last told us (by Tick or Summary): while it equals ours,
+    #: the heartbeat is a Tick.
+    peer_root: bytes | None = None
 
 
 def _standby() -> LocalState:
@@ -134,6 +151,8 @@ class MeshService:
         client: bool = False,
         on_change: Callable[[], None] = lambda: None,
         host: IHost | None = None,
+        local_demand: Callable[[], Mapping[str, float]] = dict,
+        demand_epoch: float | None = None,
     ) -> None:
         self.keypair = keypair
         self.credentials = credentials
@@ -149,12 +168,17 @@ class MeshService:
         self.client = client
         #: Called when the view changes: a node appeared, changed or went.
         self.on_change = on_change
+        #: This node's own request rates per model (its DemandMeter), for push-sum.
+        self.local_demand = local_demand
+        self.demand = PushSum(demand_epoch or EPOCH_HEARTBEATS * heartbeat_interval)
         self.peer_id = ID.from_pubkey(keypair.public_key)
         self.node_id = self.peer_id.to_base58()
         self.state = MeshState(credentials.mesh_id)
         self.members: dict[ID, float] = {}
         self.rejections: deque[dict[str, Any]] = deque(maxlen=_REJECTIONS_KEPT)
         self.addrs: list[str] = []
+        #: Circuit relay v2 between members (``_relay``): relaying, reserving, dialling.
+        self.relay = MeshRelay(self)
         self._host: IHost | None = None
         self._nursery: trio.Nursery | None = None
         self._links: dict[ID, _Link] = {}
@@ -194,8 +218,17 @@ class MeshService:
         return peer in self.members
 
     def view(self) -> MeshView:
-        """An immutable snapshot of the mesh, this node included."""
-        return self.state.snapshot()
+        """An immutable snapshot of the mesh, this node included; in a large mesh with
+        the push-sum estimate of its demand."""
+        view = self.state.snapshot()
+        if not self.large:
+            return view
+        return MeshView(view.mesh_id, view.peers, demand=self.demand.estimate(len(view)))
+
+    @property
+    def large(self) -> bool:
+        """More members than full digests serve: Summaries, Ticks and push-sum demand."""
+        return len(self.state) > FULL_DIGEST_NODES
 
     def connections(self) -> list[dict[str, Any]]:
         """This node's open libp2p connections: peer, transport, QUIC datagram size."""
@@ -214,6 +247,7 @@ class MeshService:
                         "datagram_size": getattr(
                             muxed, "datagram_size", getattr(quic, "_max_datagram_size", None)
                         ),
+                        "path": connection_path(conn_is_relayed(conn), peer in self.relay.punched),
                     }
                 )
         return out
@@ -287,6 +321,7 @@ class MeshService:
                 self._ping = PingService(host)
                 self.addrs = dialable_addrs(host, self.node_id)
                 host.set_stream_handler(AUTH, self._handle_auth)
+                await nursery.start(self.relay.run)
                 if not self.client:
                     host.set_stream_handler(GOSSIP, self.members_only(self._handle_gossip))
                     self.kad = MeshKad(
@@ -398,8 +433,7 @@ class MeshService:
         self._dialing.add(peer)
         self._last_dial[peer] = trio.current_time()
         try:
-            with trio.fail_after(_DIAL_TIMEOUT):
-                await self.host.connect(info)
+            await self._connect_direct_or_relayed(info)
             ok = await self._authenticate(peer)
         except Exception as exc:  # libp2p raises many kinds; none may stop the node
             log.info("could not reach %s: %s", peer, exc or type(exc).__name__)
@@ -410,6 +444,24 @@ class MeshService:
             self._admit(peer)
             self._link_up(peer, initiated=True)
         return ok
+
+    async def _connect_direct_or_relayed(self, info: Libp2pPeerInfo) -> None:
+        """Dial the peer's own addresses; when they fail (or it has none: it is behind
+        NAT), its circuit addresses through the relays it reserved on."""
+        direct, circuits = split_addrs(info.addrs)
+        if not circuits or self.host.get_network().get_connections(info.peer_id):
+            with trio.fail_after(_DIAL_TIMEOUT):
+                await self.host.connect(info)
+            return
+        if direct:
+            with trio.move_on_after(_DIRECT_FIRST):
+                try:
+                    await self.host.connect(Libp2pPeerInfo(info.peer_id, direct))
+                    return
+                except Exception as exc:
+                    log.debug("direct dial of %s failed: %r", info.peer_id, exc)
+        if not await self.relay.dial(info.peer_id, circuits):
+            raise ConnectionError(f"neither direct nor relayed dial of {info.peer_id} worked")
 
     def _handshake(self, side: type[_Side], peer: ID) -> _Side:
         """A fresh handshake with ``peer``: our secret, both peer ids, a new nonce."""
@@ -514,6 +566,7 @@ class MeshService:
             for link in list(self._links.values()):
                 for frame in self._heartbeat_frames(link):
                     self._send(link, frame)
+            self._share_demand()
             self._connect_to_known(now)
             if self._nursery is not None:
                 for peer in list(self.members):
@@ -525,8 +578,19 @@ class MeshService:
         that differ."""
         entries = self.state.digest()
         if len(entries) > FULL_DIGEST_NODES or (link is not None and link.summaries):
-            return [encode_frame(Summary(self.state.summary()).to_map())]
+            summary = self.state.summary()
+            if link is not None and link.peer_root == root_of(summary):
+                return [encode_frame(Tick(link.peer_root).to_map())]
+            return [encode_frame(Summary(summary).to_map())]
         return [encode_frame(d.to_map()) for d in _gossip.digests(entries)]
+
+    def _share_demand(self) -> None:
+        """In a large mesh, half of our push-sum mass to one random link."""
+        if not self.large or not self._links or self._leaving:
+            return
+        link = secrets.choice(list(self._links.values()))
+        epoch, weight, sums = self.demand.share(time.time(), self.local_demand())
+        self._send(link, encode_frame(DemandShare(epoch, weight, sums).to_map()))
 
     async def _reaper(self) -> None:
         """Bury peers silent for ``dead_after``, checked every second, not every heartbeat:
@@ -723,9 +787,21 @@ class MeshService:
                 self._broadcast(encode_frame(message.to_map()), skip=sender)
                 self._connect_to_known(now)
                 self.on_change()
+        elif isinstance(message, Tick):
+            if link is None:
+                return
+            link.summaries, link.peer_root = True, message.root
+            if message.root == self.state.root():
+                self.state.vouch(self.state.bucket_members(range(_gossip.SUMMARY_BUCKETS)), now)
+            else:  # our views differ: our Summary tells the peer which buckets to send
+                self._send(link, encode_frame(Summary(self.state.summary()).to_map()))
+        elif isinstance(message, DemandShare):
+            self.demand.receive(
+                message.epoch, message.weight, message.sums, time.time(), self.local_demand()
+            )
         elif isinstance(message, Summary):
             if link is not None:
-                link.summaries = True
+                link.summaries, link.peer_root = True, root_of(message.buckets)
             differing = self.state.differing_buckets(message.buckets)
             agreed = set(range(len(message.buckets))) - set(differing)
             self.state.vouch(self.state.bucket_members(agreed), now)

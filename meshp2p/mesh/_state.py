@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ._gossip import (
+    ROOT_HASH_LEN,
     SUMMARY_BUCKETS,
     SUMMARY_HASH_LEN,
     Announcement,
@@ -58,6 +59,10 @@ class MeshView:
 
     mesh_id: str
     peers: tuple[PeerInfo, ...]
+    #: In a large mesh, the mesh-wide demand per model (requests per minute) as this
+    #: node's push-sum estimates it (``meshp2p.planner.PushSum``); None where every
+    #: node announces its own rates (``request_rates``) and they are summed instead.
+    demand: Mapping[str, float] | None = field(default=None, compare=False)
     _by_id: Mapping[str, PeerInfo] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -248,6 +253,10 @@ class MeshState:
             for b in buckets
         )
 
+    def root(self) -> bytes:
+        """One short hash of the whole view, for a ``Tick``."""
+        return root_of(self.summary())
+
     def differing_buckets(self, theirs: tuple[bytes, ...]) -> list[int]:
         return [i for i, (a, b) in enumerate(zip(self.summary(), theirs, strict=True)) if a != b]
 
@@ -328,6 +337,11 @@ class MeshState:
         self._dead[node_id] = _Grave(max(seq, grave.seq if grave else seq), now)
         while len(self._dead) > self.max_dead:
             self._dead.popitem(last=False)
+
+
+def root_of(buckets: Iterable[bytes]) -> bytes:
+    """The view hash a Summary's buckets stand for (what a ``Tick`` carries)."""
+    return hashlib.sha256(b"".join(buckets)).digest()[:ROOT_HASH_LEN]
 
 
 def _size(announcement: Announcement) -> int:

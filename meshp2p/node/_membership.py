@@ -65,6 +65,7 @@ class Membership:
             dead_after=cfg.dead_after,
             client=cfg.client,
             on_change=node._notify,
+            local_demand=lambda: node.demand.rates(trio.current_time()),
         )
         node.mesh = mesh
         node.table = (

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from ..mesh._invite import (
 )
 from ..mesh._service import LocalState, MeshService
 from ..mesh._state import MeshView
-from ..planner._demand import AnnouncedRates, DemandMeter
+from ..planner._demand import AnnouncedRates, DemandMeter, wanted_only
 from ..route._router import RemoteHost, RequestRouter
 from ..route._service import RemoteUpstream, RoutingTableClient
 from ..tensor._placement import PlacementPlan, plan_placement, tensor_split
@@ -246,11 +246,22 @@ class Node:
             models_on_disk=self._on_disk,
             memory_free=max(0, total - used),
             memory_total=total,
-            request_rates=self._announced_rates.update(
-                self.demand.rates(trio.current_time()), trio.current_time(), self._unhosted()
-            ),
+            request_rates=self._request_rates(),
             models_loading=tuple(dict.fromkeys(loading)),
         )
+
+    def _request_rates(self) -> Mapping[str, float]:
+        """The rates we announce: all of them in a small mesh; in a large one only those
+        for models nobody serves yet, once per model (the rest goes by push-sum)."""
+        now = trio.current_time()
+        rates, unhosted = self.demand.rates(now), self._unhosted()
+        if self.mesh is not None and self.mesh.large:
+            mine = self._announced_rates.current
+            elsewhere = {
+                m for p in self.mesh.view() if p.id != self.mesh.node_id for m in p.request_rates
+            }
+            rates = wanted_only(rates, unhosted, mine, elsewhere)
+        return self._announced_rates.update(rates, now, unhosted)
 
     def _unhosted(self) -> set[str]:
         """Models with demand here that no node serves or loads (announced at once)."""

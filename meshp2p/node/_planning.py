@@ -101,7 +101,8 @@ class ModelPlanner:
             await self.round()
 
     async def round(self) -> Decision:
-        state = NodeState(pinned=self.pinned, since=self.since)
+        own = (*(w.model_id for w in self.workers()), *sorted(self.fetching))
+        state = NodeState(pinned=self.pinned, since=self.since, models=own)
         decision = plan(
             self.view(), self.node_id, trio.current_time(), state, self._catalog, self.params
         )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..mesh._kad import on_disk_key, served_key
-from ..planner._demand import mesh_demand
+from ..planner._demand import view_demand
 from ..tensor._placement import PlacementPlan
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def node_status(node: Node) -> dict[str, Any]:
         "discovery": node.discovery.status() if node.discovery else None,
         "demand": {
             "local": node.demand.rates(trio.current_time()),
-            "mesh": mesh_demand(p.request_rates for p in mesh.view()) if mesh else {},
+            "mesh": view_demand(mesh.view()) if mesh else {},
         },
         "planner": node.planner.status() if node.planner else None,
     }

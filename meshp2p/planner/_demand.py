@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..mesh._state import MeshView
 
 #: The time constant of the decay: a steady rate is reached to 63 % after this.
 TAU_S = 60.0
@@ -60,6 +64,31 @@ def mesh_demand(rates: Iterable[Mapping[str, float]]) -> dict[str, float]:
         for model, rate in node.items():
             total[model] = total.get(model, 0.0) + float(rate)
     return total
+
+
+def view_demand(view: MeshView) -> dict[str, float]:
+    """The mesh's demand per model as ``view`` knows it: the sum of the announced rates,
+    or, in a large mesh, the push-sum estimate (``view.demand``) where that is higher
+    (there, nodes announce only demand for models nobody serves yet)."""
+    total = mesh_demand(p.request_rates for p in view)
+    for model, rate in (view.demand or {}).items():
+        if rate > total.get(model, 0.0):
+            total[model] = rate
+    return total
+
+
+def wanted_only(
+    rates: Mapping[str, float],
+    unhosted: Container[str],
+    mine: Container[str],
+    elsewhere: Container[str],
+) -> dict[str, float]:
+    """What a node of a large mesh announces of its rates: only models nobody serves or
+    loads (the planner must hear of them at once), and of those only the ones no other
+    node announces already (``elsewhere``) unless this node announced them first
+    (``mine``): one announcement per new model, not one per node that saw a request.
+    The rest of the demand travels by push-sum."""
+    return {m: r for m, r in rates.items() if m in unhosted and (m in mine or m not in elsewhere)}
 
 
 #: Announced rates are rounded to quarter-decades (1, 1.8, 3.2, 5.6, 10, 18, ...).

@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from ..mesh._state import MeshView, PeerInfo
-from ._demand import mesh_demand
+from ._demand import view_demand
 
 Action = Literal["serve", "switch", "stay"]
 
@@ -61,6 +61,9 @@ class NodeState:
     pinned: bool = False
     #: When the node's current assignment began (its models started), in planner time.
     since: float = 0.0
+    #: The models this node runs, loads or fetches, as it knows them itself: its own
+    #: entry in the view lags until its next announcement is applied.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def hosts_of(view: MeshView) -> dict[str, list[str]]:
 
 def needs(view: MeshView, catalog: Mapping[str, int], params: PlannerParams) -> list[Need]:
     """Models that want a host (another one), most urgent first."""
-    demand = mesh_demand(p.request_rates for p in view)
+    demand = view_demand(view)
     hosts = hosts_of(view)
     sizes = model_sizes(view, catalog)
     largest = max((p.memory_total for p in view), default=0)
@@ -198,8 +201,9 @@ def plan(
         return Decision("stay", None, "not in the mesh view yet")
     if state.pinned:
         return Decision("stay", None, "pinned: started with --model")
-    if me.models_loading:
-        return Decision("stay", None, f"loading {', '.join(me.models_loading)}")
+    loading = [*me.models_loading, *(m for m in state.models if m not in me.models_served)]
+    if loading:
+        return Decision("stay", None, f"loading {', '.join(dict.fromkeys(loading))}")
     current = shared if shared is not None else plan_round(view, catalog, params)
     urgent, assignment = current.needs, current.assignment
     if not urgent:
@@ -236,7 +240,7 @@ def _maybe_switch(
     if now - state.since < params.dwell:
         left = params.dwell - (now - state.since)
         return Decision("stay", None, f"serving its model {left:.0f} s more before any switch")
-    demand = mesh_demand(p.request_rates for p in view)
+    demand = view_demand(view)
     hosts = hosts_of(view)
 
     def movable(peer: PeerInfo, target: Need) -> str | None:

@@ -396,11 +396,20 @@ class QuicConn(IMuxedConn):
         self._pump()
 
     def _pump(self) -> None:
-        """Hand qh3's events to streams, send what it has, re-arm the timer."""
+        """Hand qh3's events to streams, send what it has, re-arm the timer.
+
+        An error from qh3 ends this connection only: the listener's socket and its
+        other connections go on.
+        """
         quic = self.quic
-        while (event := quic.next_event()) is not None:
-            self._on_event(event)
-        self._transmit()
+        try:
+            while (event := quic.next_event()) is not None:
+                self._on_event(event)
+            self._transmit()
+        except Exception as exc:
+            log.warning("QUIC connection to %s failed: %s", self.remote, exc)
+            self._peer_error = f"QUIC error: {exc}"
+            self._terminate(self._peer_error)
         self._progress.set()
         self._timer_changed.set()
 
@@ -537,7 +546,11 @@ class QuicConn(IMuxedConn):
             with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
                 await event.wait()
             if scope.cancelled_caught and not self._dead:
-                self.quic.handle_timer(max(self._now(), deadline or 0.0))
+                try:
+                    self.quic.handle_timer(max(self._now(), deadline or 0.0))
+                except Exception as exc:
+                    self._terminate(f"QUIC error: {exc}")
+                    return
                 self._pump()
                 if self.quic._close_event is not None and self.quic.get_timer() is None:
                     self._terminate("connection timed out")

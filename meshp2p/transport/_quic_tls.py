@@ -20,7 +20,9 @@ than fork it, ``ClientAuthContext`` subclasses its ``tls.Context``:
   the certificate to a callback (the libp2p peer-id check), which refuses it by
   raising.
 
-``MeshQuicConnection`` installs this on the server side of each connection.
+``MeshQuicConnection`` installs this on the server side of each connection, and
+works around a qh3 listener failing with "packet builder capacity exhausted" when
+the dialer is aioquic (stock py-libp2p) or picoquic: see ``receive_datagram``.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from libp2p.transport.quic.security import CertificateGenerator, PeerAuthenticat
 from qh3 import tls
 from qh3._hazmat import Buffer, verify_with_public_key
 from qh3._hazmat import Certificate as X509Certificate
+from qh3.quic import connection as qh3_connection
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
+from qh3.quic.connection import NetworkAddress, QuicConnection
 from qh3.quic.tls_bridge import QuicTlsBridge
 
 ALPN = "libp2p"
@@ -235,12 +238,52 @@ def _certificate_request_after_encrypted_extensions(context: ClientAuthContext) 
         tls.push_encrypted_extensions = original
 
 
+#: qh3.quic.connection's name for the header parser its receive_datagram splits with.
+_PULL_HEADER = "_pull_quic_header"
+
+
+@contextmanager
+def _padding_kept_with_last_packet() -> Iterator[None]:
+    original = getattr(qh3_connection, _PULL_HEADER)
+
+    def pull(data: bytes, offset: int, cid_length: int | None) -> Any:
+        header = original(data, offset, cid_length)
+        end = header[9]
+        if offset < end < len(data) and not any(memoryview(data)[end:]):
+            return (*header[:9], len(data), *header[10:])
+        return header
+
+    setattr(qh3_connection, _PULL_HEADER, pull)
+    try:
+        yield
+    finally:
+        setattr(qh3_connection, _PULL_HEADER, original)
+
+
 class MeshQuicConnection(QuicConnection):
     """A qh3 connection whose server side demands a libp2p client certificate."""
 
     def __init__(self, *, client_check: CertificateCheck | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._client_check = client_check
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """qh3's, but zero padding after the last packet counts as part of that packet.
+
+        aioquic and picoquic pad a client's Initial datagram to 1200 bytes with zeros
+        after the packet (RFC 9000 14.1 allows it), not with PADDING frames inside it.
+        qh3 hands each packet of a datagram to its core separately, so the padding
+        arrives as an undecryptable "packet" and is dropped, and the core credits only
+        the ~500-byte Initial to the server's anti-amplification budget (3x what it
+        received); the server's first flight does not fit, and qh3 raises "packet
+        builder capacity exhausted" instead of waiting. Handing the padding over with
+        the packet credits the whole datagram, as RFC 9000 8.1 counts it.
+        """
+        if self._handshake_complete or not data or data[-1] != 0:
+            super().receive_datagram(data, addr, now)
+            return
+        with _padding_kept_with_last_packet():
+            super().receive_datagram(data, addr, now)
 
     def _create_tls(self, remote_source_cid: bytes | None) -> QuicTlsBridge:
         bridge = super()._create_tls(remote_source_cid)

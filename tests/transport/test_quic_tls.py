@@ -116,3 +116,56 @@ def test_a_certificate_for_another_peer_is_refused() -> None:
         peer_id_from_certificate(cert, other)
     with pytest.raises(QuicPeerRefused):
         peer_id_from_certificate(b"not a certificate")
+
+
+def test_an_aioquic_dialer_that_pads_after_its_initial_gets_a_handshake() -> None:
+    """aioquic (stock py-libp2p) pads its Initial datagram with zeros after the packet.
+
+    qh3 credited only the packet to the server's anti-amplification budget and failed
+    its first flight with "packet builder capacity exhausted"; MeshQuicConnection
+    credits the whole datagram.
+    """
+    import ssl
+
+    from aioquic.quic.configuration import QuicConfiguration as AioquicConfiguration
+    from aioquic.quic.connection import QuicConnection as AioquicConnection
+
+    client_keys = create_new_key_pair()
+    cert_der, key_pem = libp2p_certificate(client_keys)
+    config = AioquicConfiguration(
+        is_client=True, alpn_protocols=["libp2p"], verify_mode=ssl.CERT_NONE
+    )
+    config.certificate = x509.load_der_x509_certificate(cert_der)
+    config.private_key = serialization.load_pem_private_key(key_pem, None)  # type: ignore[assignment]
+    client = AioquicConnection(configuration=config)
+    now = 1000.0
+    client.connect(SERVER, now)
+    server: MeshQuicConnection | None = None
+    seen: list[ID] = []
+    padded = False
+    for _ in range(8):
+        for data, _addr in client.datagrams_to_send(now):
+            header = pull_quic_header(data, 0, 8)
+            padded = padded or (header[9] < len(data) and not any(data[header[9] :]))
+            if server is None:
+                server = MeshQuicConnection(
+                    configuration=quic_configuration(
+                        *libp2p_certificate(create_new_key_pair()),
+                        is_client=False,
+                        max_datagram_size=1452,
+                    ),
+                    original_destination_connection_id=header[3],
+                    client_check=lambda der: seen.append(peer_id_from_certificate(der)),
+                )
+            server.receive_datagram(data, CLIENT, now)
+        assert server is not None
+        for data, _addr in server.datagrams_to_send(now):
+            client.receive_datagram(data, SERVER, now)
+        now += 0.001
+    assert padded, "aioquic no longer pads after the packet: this test tests nothing"
+    assert server is not None
+    kinds = []
+    while (event := server.next_event()) is not None:
+        kinds.append(type(event))
+    assert events.HandshakeCompleted in kinds
+    assert seen == [ID.from_pubkey(client_keys.public_key)]
