@@ -56,6 +56,16 @@ from ._quic_tls import (
 
 log = logging.getLogger("meshp2p.transport.quic")
 
+
+class _QuietPeerClose(logging.Filter):
+    """qh3 logs every CONNECTION_CLOSE a peer sends as a warning; it is routine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Native peer close")
+
+
+logging.getLogger("quic").addFilter(_QuietPeerClose())
+
 #: Smallest UDP payload QUIC allows (RFC 9000 14); internet peers start here.
 QUIC_MIN = 1200
 #: Largest datagram we send to a direct peer (loopback's MTU is 64 KiB; bigger
@@ -345,10 +355,30 @@ class QuicConn(IMuxedConn):
 
     async def close(self) -> None:
         if not self._dead:
-            self.quic.close(reason_phrase="closed")
-            self._transmit()
+            self._send_close()
             self._terminate("connection closed locally")
         await trio.lowlevel.checkpoint()
+
+    def _send_close(self) -> None:
+        """Send CONNECTION_CLOSE now, even if qh3's pacer would hold it a while: the
+        connection ends here, and a close that never leaves costs the peer an idle
+        timeout."""
+        quic = self.quic
+        try:
+            quic.close(reason_phrase="closed")
+            now = self._now()
+            for _ in range(3):
+                datagrams = quic.datagrams_to_send(now)
+                if datagrams:
+                    self.endpoint.send([d for d, _ in datagrams], self.remote)
+                    return
+                timer = quic.get_timer()
+                if timer is None:
+                    return
+                now = max(now, timer)
+                quic.handle_timer(now)
+        except Exception as exc:
+            log.debug("QUIC close to %s: %s", self.remote, exc)
 
     async def open_stream(self) -> QuicStream:
         if self._dead:
@@ -406,6 +436,13 @@ class QuicConn(IMuxedConn):
             while (event := quic.next_event()) is not None:
                 self._on_event(event)
             self._transmit()
+            closed = quic._close_event
+            if closed is not None and not self._dead:
+                # The peer's CONNECTION_CLOSE: qh3 reports it only after the draining
+                # period (~3 PTO); a peer that dials again meanwhile would find two
+                # connections where a node keeps one. Nothing more can arrive: end now.
+                why = closed.reason_phrase or f"code {closed.error_code}"
+                self._terminate(f"connection closed by the peer ({why})")
         except Exception as exc:
             log.warning("QUIC connection to %s failed: %s", self.remote, exc)
             self._peer_error = f"QUIC error: {exc}"
