@@ -36,7 +36,10 @@ QUIC_STREAM_WINDOW = 1 << 20
 
 
 def transport_rank(addr: str) -> int:
-    """Dial preference: QUIC (the design's transport), then TCP, then anything else."""
+    """Dial preference: QUIC (the design's transport), then TCP, then anything else;
+    a circuit through a relay (``/p2p-circuit``) last, whatever the relay's transport."""
+    if "/p2p-circuit" in addr:
+        return 3
     if "/quic" in addr:
         return 0
     return 1 if "/tcp/" in addr else 2
@@ -45,11 +48,16 @@ def transport_rank(addr: str) -> int:
 def transport_addrs(addrs: Iterable[str]) -> list[multiaddr.Multiaddr]:
     """Peer addresses without their /p2p/ part, ready to dial, in dial preference order
     (``transport_rank``, then as given); unreadable ones skipped (they come from other
-    nodes, so a bad one must not stop us dialling the rest)."""
+    nodes, so a bad one must not stop us dialling the rest). A circuit keeps its relay's
+    /p2p/ part: ``<relay>/p2p/<relay id>/p2p-circuit``."""
     out = []
     for addr in sorted(addrs, key=transport_rank):
+        if "/p2p-circuit" in addr:
+            bare = addr[: addr.index("/p2p-circuit")] + "/p2p-circuit"
+        else:
+            bare = addr.split("/p2p/")[0]
         try:
-            out.append(multiaddr.Multiaddr(addr.split("/p2p/")[0]))
+            out.append(multiaddr.Multiaddr(bare))
         except Exception:
             continue
     return out

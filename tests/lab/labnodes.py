@@ -9,6 +9,8 @@ namespaces.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,11 +57,13 @@ class LabNode(NodeProcess):
         body: dict[str, Any],
         timeout: float = 120.0,
         on_first: Callable[[], None] | None = None,
+        on_head: Callable[[str], None] | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
         """A streamed chat: its decoded events and the node that served it.
 
-        ``on_first`` runs once the first event has arrived (a test injects its fault
-        there). ``timeout`` bounds every read; the whole call may take longer.
+        ``on_head`` gets the serving node's id once the head has arrived; ``on_first``
+        runs once the first event has (a test injects its fault there). ``timeout``
+        bounds every read; the whole call may take longer.
         """
         url = self.api_url + "/chat/completions"
 
@@ -68,6 +72,8 @@ class LabNode(NodeProcess):
             with httpx.Client(timeout=timeout) as http:
                 with http.stream("POST", url, json={**body, "stream": True}) as response:
                     serving = response.headers.get("x-meshp2p-node", "")
+                    if on_head is not None:
+                        on_head(serving)
                     for line in response.iter_lines():
                         if not line.startswith("data: ") or line == "data: [DONE]":
                             continue
@@ -95,12 +101,12 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
 @pytest.fixture
 def lab_nodes(
     lab: Lab, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[Host, list[str]], LabNode]]:
+) -> Iterator[Callable[..., LabNode]]:
     """Start nodes with ``lab_nodes(host, args)``; all are killed before the lab goes."""
     nodes: list[LabNode] = []
 
-    def start(host: Host, args: list[str]) -> LabNode:
-        node = LabNode(host, tmp_path_factory.mktemp(f"lab-{host.name}"), args)
+    def start(host: Host, args: list[str], home: Path | None = None) -> LabNode:
+        node = LabNode(host, home or tmp_path_factory.mktemp(f"lab-{host.name}"), args)
         nodes.append(node)
         return node
 
@@ -108,6 +114,8 @@ def lab_nodes(
         yield start
     finally:
         for node in nodes:
+            if node.proc.poll() is None:
+                os.kill(node.proc.pid, signal.SIGCONT)  # a test may have frozen it
             node.close(timeout=10)
 
 
