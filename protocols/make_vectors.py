@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
 from libp2p.crypto.ed25519 import Ed25519PrivateKey  # noqa: E402
 from libp2p.peer.id import ID  # noqa: E402
 
+from meshp2p.api._resume import Resume  # noqa: E402
 from meshp2p.inference._gguf import TensorInfo  # noqa: E402
 from meshp2p.mesh import _auth, _gossip  # noqa: E402
 from meshp2p.mesh._state import root_of  # noqa: E402
@@ -319,6 +320,20 @@ def route_vectors() -> list[dict[str, Any]]:
         vector(
             "client: request (embeddings)",
             _route.RouteRequest("req-0006", "embeddings", embeddings).to_map(),
+        ),
+        vector(
+            "client: request with progress (resumable chat)",
+            _route.RouteRequest("req-0007", "chat", chat, progress=True).to_map(),
+        ),
+        vector(
+            "client: request resuming an answer another host broke off",
+            _route.RouteRequest(
+                "req-0008",
+                "chat",
+                chat,
+                progress=True,
+                resume=Resume((2, 4521, 236764, 107), "chatcmpl-5f0c2a9e", 1767225600),
+            ).to_map(),
         ),
         vector(
             "client: request with an unknown key (ignored by v1 servers)",
