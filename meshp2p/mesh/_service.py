@@ -449,7 +449,12 @@ class MeshService:
         """Dial the peer's own addresses; when they fail (or it has none: it is behind
         NAT), its circuit addresses through the relays it reserved on."""
         direct, circuits = split_addrs(info.addrs)
-        if not circuits or self.host.get_network().get_connections(info.peer_id):
+        connected = bool(self.host.get_network().get_connections(info.peer_id))
+        if info.addrs and not connected:
+            # The swarm dials every address the peerstore holds: a restarted peer's
+            # old ones (dead ports) would eat the dial's time before its new ones.
+            self.host.get_peerstore().clear_addrs(info.peer_id)
+        if not circuits or connected:
             with trio.fail_after(_DIAL_TIMEOUT):
                 await self.host.connect(info)
             return
