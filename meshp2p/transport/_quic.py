@@ -316,6 +316,9 @@ class QuicConn(IMuxedConn):
         self._close_reason = ""
         self._peer_error: str | None = None
         self._floor = 0.0
+        # The peer's next bidirectional stream id: client-initiated ones are 0 mod 4.
+        self._next_inbound = 1 if is_initiator else 0
+        self._skipped_inbound: set[int] = set()
 
     # -- IMuxedConn ------------------------------------------------------------------
 
@@ -493,17 +496,27 @@ class QuicConn(IMuxedConn):
             self._terminate(f"connection closed by the peer ({why})")
 
     def _inbound_stream(self, sid: int) -> QuicStream | None:
+        """The peer's stream ``sid``, new; None if it is not a new stream of the peer's.
+
+        The first frames of concurrent streams can arrive in any order: ids skipped
+        over are remembered until their own frames come (qh3 knows a stream only then,
+        so it is accepted only then too)."""
         ours = (sid & 1) == (0 if self.is_initiator_value else 1)
         if ours or sid & 2:
             return None  # a stream of ours already forgotten, or a unidirectional one
-        if sid < getattr(self, "_next_inbound", 0):
-            return None  # already accepted and finished
-        self._next_inbound = sid + 4
+        if sid >= self._next_inbound:
+            self._skipped_inbound.update(range(self._next_inbound, sid, 4))
+            self._next_inbound = sid + 4
+        elif sid in self._skipped_inbound:
+            self._skipped_inbound.discard(sid)
+        else:
+            return None  # accepted before and finished since
         stream = QuicStream(self, sid, outbound=False)
         try:
             self._accept_send.send_nowait(stream)
         except trio.WouldBlock:
             self.quic.reset_stream(sid, 0)
+            self.quic.stop_stream(sid, 0)
             return None
         self.streams[sid] = stream
         return stream
@@ -543,6 +556,7 @@ class QuicConn(IMuxedConn):
         stream._check_writable()
 
     def _abort_stream(self, stream: QuicStream, why: str) -> None:
+        log.debug("QUIC %s: stream %d aborted: %s", self.remote, stream.stream_id, why)
         if not stream._reset and not self._dead:
             try:
                 if not stream._local_fin:
@@ -564,6 +578,7 @@ class QuicConn(IMuxedConn):
             return
         self._dead = True
         self._close_reason = reason
+        log.debug("QUIC connection %s (peer %s) ended: %s", self.remote, self.peer_id, reason)
         for stream in list(self.streams.values()):
             stream._on_reset(reason)
         self._accept_send.close()
