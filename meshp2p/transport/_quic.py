@@ -319,6 +319,7 @@ class QuicConn(IMuxedConn):
         # The peer's next bidirectional stream id: client-initiated ones are 0 mod 4.
         self._next_inbound = 1 if is_initiator else 0
         self._skipped_inbound: set[int] = set()
+        self._timer_at = math.inf  # the deadline run_timer sleeps until
 
     # -- IMuxedConn ------------------------------------------------------------------
 
@@ -451,7 +452,11 @@ class QuicConn(IMuxedConn):
             self._peer_error = f"QUIC error: {exc}"
             self._terminate(self._peer_error)
         self._progress.set()
-        self._timer_changed.set()
+        # Wake the timer task only when qh3 wants it sooner than it sleeps: a wake
+        # per datagram is a task switch per datagram.
+        due = quic.get_timer()
+        if due is not None and due < self._timer_at:
+            self._timer_changed.set()
 
     def _transmit(self) -> None:
         if self._dead:
@@ -595,8 +600,10 @@ class QuicConn(IMuxedConn):
             if event.is_set():
                 self._timer_changed = event = trio.Event()
             deadline = self.quic.get_timer()
-            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
+            self._timer_at = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._timer_at) as scope:
                 await event.wait()
+            self._timer_at = -math.inf  # not sleeping: _pump need not wake it
             if scope.cancelled_caught and not self._dead:
                 try:
                     self.quic.handle_timer(max(self._now(), deadline or 0.0))

@@ -182,7 +182,12 @@ def _raw_stream(sock: trio.SocketStream) -> Stream:
 
 def _transport_of(net_stream: Any) -> str:
     kind = type(getattr(net_stream, "muxed_conn", None)).__name__
-    return {"QUICConnection": "quic", "Yamux": "tcp", "Mplex": "tcp"}.get(kind, kind)
+    return {
+        "QUICConnection": "quic",  # py-libp2p's (aioquic)
+        "QuicConn": "quic",  # ours (qh3)
+        "Yamux": "tcp",
+        "Mplex": "tcp",
+    }.get(kind, kind)
 
 
 def _libp2p_stream(net_stream: Any) -> Stream:
