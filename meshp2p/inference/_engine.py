@@ -16,6 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api._openai import ApiError
+from ._speculative import (
+    GREEDY_GUARD,
+    DraftModelProposer,
+    DraftPolicy,
+    NgramProposer,
+    Proposer,
+    SpeculationStats,
+    decode_tokens,
+    first_of,
+)
 from ._toolcalls import ToolCall, parse_tool_calls
 from ._toolemu import CALL_OPEN, any_call_grammar, emulate_tools, has_tool_turns, rewrite_messages
 
@@ -105,13 +115,31 @@ class Engine:
 
     ``default_max_tokens`` caps requests that name no ``max_tokens`` (0: up to the
     context), so a model that never ends its turn cannot run for minutes.
+
+    ``speculative`` verifies guessed tokens in batches (``_speculative``): guesses from
+    the text itself, and from ``draft`` (a loaded ``Llama`` sharing the vocabulary,
+    checked by the caller) when there is one. Requests with a seed and a temperature
+    above 0 decode plainly: their random draws must meet the very logits of plain
+    decoding, and a batch computes some in other last bits.
     """
 
-    def __init__(self, llama: Any, *, default_max_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        llama: Any,
+        *,
+        default_max_tokens: int = 0,
+        speculative: bool = True,
+        draft: Any | None = None,
+    ) -> None:
         from llama_cpp import llama_chat_format
 
         self.llama = llama
         self.default_max_tokens = default_max_tokens
+        self.speculative = speculative
+        self.draft = draft
+        #: Guessed and accepted tokens over this engine's life (``/api/status``).
+        self.speculation = SpeculationStats()
+        self._policy = DraftPolicy()
         # llama.cpp rounds the context up to a multiple of 256, but llama-cpp-python
         # sizes its token buffer by the size asked for: the smaller one binds.
         self.n_ctx: int = min(llama.n_ctx(), len(llama.input_ids))
@@ -364,6 +392,37 @@ class Engine:
         finally:
             sampler.close()
 
+    def speculates(self, req: PreparedRequest, grammar: Any = None) -> bool:
+        """Whether ``req`` is decoded speculatively: not with a seed and a temperature
+        above 0, nor greedy under a grammar or logit bias (its margin guard reads the
+        model's own logits)."""
+        if not self.speculative:
+            return False
+        if req.sampling["temp"] > 0:
+            return req.seed is None
+        return grammar is None and req.sampling["logits_processor"] is None
+
+    def _tokens(
+        self, req: PreparedRequest, prompt: list[int], grammar: Any
+    ) -> Generator[int, None, None]:
+        if not self.speculates(req, grammar):
+            return self.llama.generate(prompt, grammar=grammar, **req.sampling)  # type: ignore[no-any-return]
+        proposer: Proposer = NgramProposer()
+        if self.draft is not None:
+            proposer = first_of(proposer, DraftModelProposer(self.draft))
+        self._policy.begin()
+        guard = GREEDY_GUARD if req.sampling["temp"] <= 0 else None
+        return decode_tokens(
+            self.llama,
+            prompt,
+            req.sampling,
+            grammar,
+            proposer,
+            self._policy,
+            self.speculation,
+            guard,
+        )
+
     def generate(
         self,
         req: PreparedRequest,
@@ -420,7 +479,7 @@ class Engine:
             tokens = (
                 self._replayed(prompt, grammar, req.sampling, pending)
                 if pending
-                else llama.generate(prompt, grammar=grammar, **req.sampling)
+                else self._tokens(req, prompt, grammar)
             )
             try:
                 for token in tokens:

@@ -1,0 +1,364 @@
+"""Speculative decoding: propose tokens cheaply, verify them in one batched decode.
+
+A proposer guesses the next tokens: ``NgramProposer`` by finding the text's latest
+suffix earlier in the prompt or the answer (copy-heavy work, editing code, repeats
+long runs), ``DraftModelProposer`` with a small model of the same vocabulary.
+``decode_tokens`` evaluates the last token and the guesses in one ``llama_decode``
+and samples at each position in turn with the request's own sampler, stopping at
+the first token that differs from the guess: the tokens, and the sampler's random
+draws, are those of plain decoding, up to the last bits of the logits that a batch
+of several tokens computes differently from one. A split model pays one round trip
+per worker for the whole batch.
+
+``DraftPolicy`` decides how many tokens to guess from what it measured: the draft
+grows while guesses are accepted, shrinks when they are not, and drafting pauses
+(for longer each time) while it yields fewer tokens per second than plain decoding.
+It is a pure function of the outcomes and durations it is given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._errors import WorkerError
+
+#: Longest and shortest suffix the n-gram proposer looks up.
+NGRAM_MAX = 4
+NGRAM_MIN = 2
+#: A greedy token whose logit leads the next by less than this is not taken from a
+#: batch (``decode_tokens``' guard): batches moved logits of gemma-3-270m by up to 1.2.
+GREEDY_GUARD = 1.0
+#: Draft lengths the policy moves between.
+DRAFT_START = 4
+DRAFT_MAX = 16
+
+
+class Proposer(Protocol):
+    """Guesses up to ``k`` tokens that follow ``tokens``."""
+
+    def propose(self, tokens: Sequence[int], k: int) -> list[int]: ...
+
+
+class NgramProposer:
+    """Prompt lookup: the tokens that followed the latest earlier occurrence of the
+    text's longest suffix (``NGRAM_MIN`` .. ``NGRAM_MAX`` tokens).
+
+    An index from each n-gram to the position after its latest occurrence is kept up
+    to date as tokens arrive, so a lookup costs O(NGRAM_MAX), not a scan of the
+    context (llama-cpp-python's prompt lookup rescans the whole text every token).
+    """
+
+    def __init__(self, max_n: int = NGRAM_MAX, min_n: int = NGRAM_MIN) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"n-gram lengths must satisfy 1 <= min <= max, got {min_n}, {max_n}")
+        self.max_n = max_n
+        self.min_n = min_n
+        self._tokens: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}
+
+    def _sync(self, tokens: Sequence[int]) -> None:
+        known = self._tokens
+        if len(tokens) < len(known) or list(tokens[: len(known)]) != known:
+            # Another text (a new request): index it from the start.
+            self._tokens, self._index = [], {}
+            known = self._tokens
+        for token in tokens[len(known) :]:
+            known.append(token)
+            # The n-grams that end just before the new token now have a continuation.
+            end = len(known) - 1
+            for n in range(self.min_n, self.max_n + 1):
+                if end - n < 0:
+                    break
+                self._index[tuple(known[end - n : end])] = end
+
+    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+        if k <= 0:
+            return []
+        self._sync(tokens)
+        known = self._tokens
+        for n in range(min(self.max_n, len(known)), self.min_n - 1, -1):
+            at = self._index.get(tuple(known[len(known) - n :]))
+            if at is not None:
+                return known[at : at + k]
+        return []
+
+
+class DraftModelProposer:
+    """Greedy guesses from a small model that shares the target's vocabulary.
+
+    It keeps its own KV cache of the text, so each proposal evaluates only the
+    tokens accepted since the last one, then ``k`` single-token steps.
+    """
+
+    def __init__(self, draft: Any) -> None:
+        self.draft = draft
+
+    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+        import numpy as np
+
+        draft = self.draft
+        room = draft.n_ctx() - len(tokens) - 1
+        k = min(k, room)
+        if k <= 0:
+            return []
+        cached = draft.n_tokens
+        prefix = 0
+        limit = min(cached, len(tokens) - 1)  # the last token is always evaluated again
+        ids = draft.input_ids
+        while prefix < limit and ids[prefix] == tokens[prefix]:
+            prefix += 1
+        draft.n_tokens = prefix
+        draft.eval(list(tokens[prefix:]))
+        out: list[int] = []
+        for i in range(k):
+            logits = _logits(draft, -1)
+            token = int(np.argmax(logits))
+            out.append(token)
+            if i + 1 < k:
+                draft.eval([token])
+        return out
+
+
+class _FirstOf:
+    def __init__(self, proposers: tuple[Proposer, ...]) -> None:
+        self.proposers = proposers
+
+    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+        for proposer in self.proposers:
+            guesses = proposer.propose(tokens, k)
+            if guesses:
+                return guesses
+        return []
+
+
+def first_of(*proposers: Proposer) -> Proposer:
+    """The guesses of the first of ``proposers`` that has any (cheap ones first)."""
+    return _FirstOf(proposers)
+
+
+def check_vocabularies(target: Any, draft: Any) -> None:
+    """Raise WorkerError unless ``draft`` tokenizes exactly as ``target`` does."""
+    import llama_cpp
+
+    n_target, n_draft = target.n_vocab(), draft.n_vocab()
+    if n_target != n_draft:
+        raise WorkerError(
+            f"the draft model's vocabulary has {n_draft} tokens, the model's {n_target}; "
+            "a draft model must share the model's vocabulary (same family and tokenizer)"
+        )
+    tv, dv = target._model.vocab, draft._model.vocab
+    for name in ("bos", "eos"):
+        a = getattr(llama_cpp, f"llama_vocab_{name}")(tv)
+        b = getattr(llama_cpp, f"llama_vocab_{name}")(dv)
+        if a != b:
+            raise WorkerError(
+                f"the draft model's {name} token is {b}, the model's {a}; "
+                "a draft model must share the model's vocabulary"
+            )
+    for token in range(n_target):
+        a = llama_cpp.llama_vocab_get_text(tv, token)
+        b = llama_cpp.llama_vocab_get_text(dv, token)
+        if a != b:
+            raise WorkerError(
+                f"token {token} is {b!r} in the draft model and {a!r} in the model; "
+                "a draft model must share the model's vocabulary"
+            )
+
+
+@dataclass
+class DraftPolicy:
+    """How many tokens to guess next, from the outcomes and timings seen so far.
+
+    ``next()`` gives the draft length (0: decode plainly); ``record_plain`` and
+    ``record_draft`` feed back what each step yielded in how many seconds.
+    """
+
+    k: int = DRAFT_START
+    least: int = 1
+    most: int = DRAFT_MAX
+    #: Exponential averages of tokens per second, plain steps and drafting steps.
+    plain_rate: float | None = None
+    draft_rate: float | None = None
+    #: Plain steps left before drafting is tried again, and the next pause's length.
+    paused: int = 0
+    pause: int = 8
+    max_pause: int = 256
+    smoothing: float = 0.3
+
+    def begin(self) -> None:
+        """A new request: its text may suit guessing where the last one did not. The
+        measured rates are the model's, and stay."""
+        self.k = DRAFT_START
+        self.paused = 0
+        self.pause = 8
+
+    def next(self) -> int:
+        if self.paused > 0:
+            self.paused -= 1
+            return 0
+        return self.k
+
+    def record_plain(self, seconds: float) -> None:
+        self.plain_rate = _average(self.plain_rate, 1.0 / max(seconds, 1e-9), self.smoothing)
+
+    def record_draft(self, drafted: int, accepted: int, seconds: float) -> None:
+        if drafted <= 0:
+            return
+        if accepted >= drafted:
+            self.k = min(self.most, self.k * 2)
+        else:
+            self.k = max(self.least, min(self.k - 1, accepted + 1))
+        rate = (accepted + 1) / max(seconds, 1e-9)
+        self.draft_rate = _average(self.draft_rate, rate, self.smoothing)
+        if self.plain_rate is not None and self.draft_rate < self.plain_rate:
+            # Guessing costs more than it gains here: decode plainly for a while, then
+            # try again (the text may turn copy-heavy), forgetting the bad average.
+            self.paused = self.pause
+            self.pause = min(self.max_pause, self.pause * 2)
+            self.draft_rate = None
+            self.k = DRAFT_START
+        elif accepted >= drafted:
+            self.pause = max(8, self.pause // 2)
+
+
+def _average(old: float | None, new: float, smoothing: float) -> float:
+    return new if old is None else old + smoothing * (new - old)
+
+
+@dataclass
+class SpeculationStats:
+    """Tokens guessed and tokens of those accepted, over the worker's life."""
+
+    drafted: int = 0
+    accepted: int = 0
+    #: Verification batches (each one decode: one round trip per split worker).
+    verifications: int = 0
+    #: Near ties in a batch, evaluated again alone (``decode_tokens``' guard).
+    reevaluated: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "verifications": self.verifications,
+            "reevaluated": self.reevaluated,
+        }
+
+
+def _logits(llama: Any, index: int) -> Any:
+    import llama_cpp
+    import numpy as np
+
+    pointer = llama_cpp.llama_get_logits_ith(llama._ctx.ctx, index)
+    return np.ctypeslib.as_array(pointer, shape=(llama.n_vocab(),))
+
+
+def _margin(llama: Any, index: int) -> float:
+    """How far the best logit at output ``index`` leads the second best."""
+    import numpy as np
+
+    top = np.partition(_logits(llama, index), -2)[-2:]
+    return float(top[1] - top[0])
+
+
+def decode_tokens(
+    llama: Any,
+    prompt: Sequence[int],
+    sampling: dict[str, Any],
+    grammar: Any | None,
+    proposer: Proposer | None,
+    policy: DraftPolicy | None,
+    stats: SpeculationStats,
+    guard: float | None = None,
+) -> Generator[int, None, None]:
+    """The tokens that ``llama.generate(prompt, grammar=grammar, **sampling)`` yields,
+    verifying guesses of ``proposer`` in batches when ``policy`` says so.
+
+    Reuses the KV cache's longest prefix with ``prompt`` as ``generate`` does, and
+    leaves ``llama.n_tokens`` and ``llama.input_ids`` describing the cache. Without a
+    proposer every step is one token, as in ``generate``.
+
+    ``guard`` (greedy requests): a position of the batch whose best logit leads the
+    next by less than this is evaluated again alone, so that the last bits in which a
+    batch differs cannot turn a near tie the other way.
+    """
+    sampler = llama._init_sampler(grammar=grammar, **sampling)
+    llama._sampler = sampler
+    ctx = llama._ctx
+    pending = _reuse_prefix(llama, list(prompt))
+    # Only the prompt's last position gets logits.
+    llama.eval(pending)
+    token = sampler.sample(ctx, -1)
+    text = [*prompt, token]  # the prompt and every token yielded
+    yield token
+    drafting = proposer is not None and policy is not None
+    while True:
+        # Evaluate `token`, with guesses of what follows it, and sample what follows.
+        room = llama._n_ctx - llama.n_tokens - 1
+        if room < 0:
+            return
+        k = min(policy.next(), room, llama.n_batch - 1) if drafting else 0  # type: ignore[union-attr]
+        started = time.perf_counter()
+        guesses = proposer.propose(text, k)[:k] if k > 0 else []  # type: ignore[union-attr]
+        if not guesses:
+            llama.eval([token])
+            token = sampler.sample(ctx, -1)
+            if drafting:
+                policy.record_plain(time.perf_counter() - started)  # type: ignore[union-attr]
+            text.append(token)
+            yield token
+            continue
+        n_past = llama.n_tokens
+        step = [token, *guesses]
+        ctx.kv_cache_seq_rm(-1, n_past, -1)
+        llama._batch.set_batch(batch=step, n_past=n_past, logits_all=True)
+        ctx.decode(llama._batch)
+        llama.input_ids[n_past : n_past + len(step)] = step
+        llama.n_tokens = n_past + len(step)
+        stats.verifications += 1
+        stats.drafted += len(guesses)
+        # Sampled in order, each after the sampler accepted the previous token, as
+        # plain decoding does; a guess that held was evaluated already.
+        out: list[int] = []
+        for i in range(len(step)):
+            if guard is not None and _margin(llama, i) < guard:
+                # A near tie, where the batch's last bits could pick another token than
+                # plain decoding: evaluate this position alone, as plain decoding does.
+                llama.n_tokens = n_past + i
+                ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
+                llama.eval([step[i]])
+                out.append(sampler.sample(ctx, -1))
+                stats.reevaluated += 1
+                break
+            out.append(sampler.sample(ctx, i))
+            if i == len(guesses) or out[-1] != guesses[i]:
+                # Positions after the last guess that held saw a wrong token: drop them.
+                llama.n_tokens = n_past + i + 1
+                ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
+                break
+        # The last token is not evaluated yet: the next step does it.
+        accepted = sum(1 for a, b in zip(out, guesses, strict=False) if a == b)
+        stats.accepted += accepted
+        policy.record_draft(len(guesses), accepted, time.perf_counter() - started)  # type: ignore[union-attr]
+        token = out[-1]
+        text.extend(out)
+        yield from out
+
+
+def _reuse_prefix(llama: Any, tokens: list[int]) -> list[int]:
+    """The prompt tokens still to evaluate, after keeping the cache's longest prefix of
+    them (at least the last one is evaluated, for its logits)."""
+    cached = llama.n_tokens
+    prefix = 0
+    ids = llama.input_ids
+    limit = min(cached, len(tokens) - 1)
+    while prefix < limit and ids[prefix] == tokens[prefix]:
+        prefix += 1
+    if prefix == 0 or not llama._ctx.kv_cache_seq_rm(-1, prefix, -1):
+        llama.reset()
+        prefix = 0
+    llama.n_tokens = prefix
+    return tokens[prefix:]
