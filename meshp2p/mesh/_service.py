@@ -41,6 +41,7 @@ from ..transport._host import (
     parse_listen,
     transport_addrs,
 )
+from ..transport._quic import quic_fallback_reason
 from ..transport._streams import close_quietly
 from ..transport._wire import FrameDecoder, encode_frame
 from . import _auth, _gossip
@@ -120,9 +121,11 @@ class _Link:
     #: The peer sends Summaries (its view is large): answer in kind, so that it sends
     #: us digests of the buckets where we differ (a joiner learns the mesh this way).
     summaries: bool = False
-    #: The view hash the peer last told us (by Tick or Summary): while it equals ours,
-    #: the heartbeat is a Tick.
+    #: The view hash the peer last told us (by Tick or Summary): once we have one, the
+    #: heartbeat is a Tick.
     peer_root: bytes | None = None
+    #: Ticks in a row whose view hash differed from ours.
+    mismatches: int = 0
 
 
 def _standby() -> LocalState:
@@ -246,6 +249,11 @@ class MeshService:
                         "transport": "quic" if is_quic else "tcp",
                         "datagram_size": getattr(
                             muxed, "datagram_size", getattr(quic, "_max_datagram_size", None)
+                        ),
+                        # Why not QUIC: our last QUIC dial to this peer failed and the
+                        # swarm fell back to the peer's TCP address.
+                        "quic_fallback": (
+                            None if is_quic else quic_fallback_reason(self._host, peer)
                         ),
                         "path": connection_path(conn_is_relayed(conn), peer in self.relay.punched),
                     }
@@ -583,10 +591,12 @@ class MeshService:
         that differ."""
         entries = self.state.digest()
         if len(entries) > FULL_DIGEST_NODES or (link is not None and link.summaries):
-            summary = self.state.summary()
-            if link is not None and link.peer_root == root_of(summary):
-                return [encode_frame(Tick(link.peer_root).to_map())]
-            return [encode_frame(Summary(summary).to_map())]
+            # A Tick once the peer has told us its view hash: a peer whose view differs
+            # answers with its Summary, so a change costs buckets only where it is
+            # missed, not on every link.
+            if link is not None and link.peer_root is not None:
+                return [encode_frame(Tick(self.state.root()).to_map())]
+            return [encode_frame(Summary(self.state.summary()).to_map())]
         return [encode_frame(d.to_map()) for d in _gossip.digests(entries)]
 
     def _share_demand(self) -> None:
@@ -702,10 +712,16 @@ class MeshService:
             self._drop_link(link)
 
     def _broadcast(self, frame: bytes, *, skip: ID | None = None) -> None:
+        """Send to every link; a relay (``skip``: the sender) in a large mesh only to
+        the links we chose (our overlay targets, bootstrap peers): a random 8-out
+        graph, which reaches every node as surely as the whole overlay (a node that
+        no other node chose is one in e^8), at half the messages. What a relay
+        misses, heartbeats repair (Tick, Summary, digests)."""
         if self._leaving:
             return
+        relay_out_only = skip is not None and self.large
         for link in list(self._links.values()):
-            if link.peer != skip:
+            if link.peer != skip and (link.initiated or not relay_out_only):
                 self._send(link, frame)
 
     def _drop_link(self, link: _Link) -> None:
@@ -797,8 +813,15 @@ class MeshService:
                 return
             link.summaries, link.peer_root = True, message.root
             if message.root == self.state.root():
+                link.mismatches = 0
                 self.state.vouch(self.state.bucket_members(range(_gossip.SUMMARY_BUCKETS)), now)
-            else:  # our views differ: our Summary tells the peer which buckets to send
+                return
+            # Views differ. Usually an announcement is still on its way (it floods in a
+            # fraction of a heartbeat); if they still differ at the next Tick, one of us
+            # missed it: our Summary tells the peer which buckets to compare.
+            link.mismatches += 1
+            if link.mismatches >= 2:
+                link.mismatches = 0
                 self._send(link, encode_frame(Summary(self.state.summary()).to_map()))
         elif isinstance(message, DemandShare):
             self.demand.receive(

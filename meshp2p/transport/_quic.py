@@ -768,6 +768,9 @@ class QuicTransport(ITransport):
         self._base: dict[bool, QuicConfiguration] = {}
         self._nursery: trio.Nursery | None = None
         self.listeners: list[QuicListener] = []
+        #: Why the last QUIC dial to a peer failed (cleared when one succeeds): the
+        #: swarm then dials the peer's next address, TCP, by itself; status shows this.
+        self.failures: dict[ID, str] = {}
 
     # py-libp2p's TransportManager calls these.
     def set_background_nursery(self, nursery: trio.Nursery) -> None:
@@ -832,7 +835,10 @@ class QuicTransport(ITransport):
         if not conn.is_established:
             why = conn._peer_error or conn._close_reason or "no answer"
             await conn.close()
+            if expected is not None:
+                self.failures[expected] = f"QUIC dial to {ip}:{port} failed: {why}"
             raise OpenConnectionError(f"QUIC dial to {maddr} failed: {why}")
+        self.failures.pop(conn.peer_id, None)
         return conn
 
     def create_listener(self, handler_function: THandler) -> QuicListener:
@@ -942,3 +948,15 @@ class _InboundConn(QuicConn):
 def quic_transport(keypair: KeyPair) -> QuicTransport:
     """The QUIC transport a node gives its host."""
     return QuicTransport(keypair)
+
+
+def quic_fallback_reason(host: Any, peer: ID) -> str | None:
+    """Why ``host`` is not on QUIC with ``peer`` (its last QUIC dial failed), or None."""
+    try:
+        transports = host.get_network().transport_manager.get_transports()
+    except AttributeError:
+        return None
+    for transport in transports:
+        if isinstance(transport, QuicTransport) and peer in transport.failures:
+            return transport.failures[peer]
+    return None

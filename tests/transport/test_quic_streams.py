@@ -1,4 +1,4 @@
-"""Streams on the node's own QUIC transport (qh3): concurrency and stream-id order."""
+"""The node's own QUIC transport (qh3) in hosts: concurrent streams, TCP fallback."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
 
-from meshp2p.transport import mesh_host
-from meshp2p.transport._quic import QuicConn
+from meshp2p.transport import mesh_host, transport_addrs
+from meshp2p.transport._quic import QuicConn, quic_fallback_reason
 
 ECHO = TProtocol("/meshp2p/test/echo/1")
 LISTEN = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
@@ -54,3 +54,42 @@ async def test_eight_streams_opened_at_once_on_a_new_connection_all_work() -> No
                             nursery.start_soon(one, b"%d-%d" % (round_, i), answers)
                 assert sorted(answers) == sorted(b"%d-%d" % (round_, i) for i in range(8))
                 await client.disconnect(server.get_id())
+
+
+async def test_a_failed_quic_dial_falls_back_to_tcp_and_says_why() -> None:
+    """The peer's QUIC address answers with another peer's certificate: the dial is
+    refused, the swarm dials the peer's TCP address by itself, and the reason is kept
+    for /api/status (``connections[].quic_fallback``)."""
+    both = [*LISTEN, multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    server = mesh_host(create_new_key_pair(), both)
+    decoy = mesh_host(create_new_key_pair(), LISTEN)
+    client = mesh_host(create_new_key_pair(), both)
+    with trio.fail_after(60):
+        async with (
+            server.run(listen_addrs=both),
+            decoy.run(listen_addrs=LISTEN),
+            client.run(listen_addrs=both),
+        ):
+            server.set_stream_handler(ECHO, _echo_once)
+            decoy_quic = [a for a in decoy.get_addrs() if "/quic" in str(a)]
+            server_tcp = [a for a in server.get_addrs() if "/tcp/" in str(a)]
+            addrs = transport_addrs(str(a) for a in [*decoy_quic, *server_tcp])
+            assert "/quic" in str(addrs[0])  # QUIC is dialled first
+            await client.connect(PeerInfo(server.get_id(), addrs))
+            (conn,) = client.get_network().connections[server.get_id()]
+            assert not isinstance(conn.muxed_conn, QuicConn)
+            reason = quic_fallback_reason(client, server.get_id())
+            assert reason is not None and "mismatch" in reason, reason
+            stream = await client.new_stream(server.get_id(), [ECHO])
+            await stream.write(b"over tcp")
+            assert await stream.read(64) == b"over tcp"
+            # A QUIC dial that works clears the reason.
+            await client.disconnect(server.get_id())
+            server_quic = [a for a in server.get_addrs() if "/quic" in str(a)]
+            await client.connect(PeerInfo(server.get_id(), transport_addrs(map(str, server_quic))))
+            assert quic_fallback_reason(client, server.get_id()) is None
+
+
+async def _echo_once(stream: Any) -> None:
+    await stream.write(await stream.read(64))
+    await stream.close()
