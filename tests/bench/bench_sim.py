@@ -13,12 +13,19 @@ It prints one last line ``nodes=N demand_served=X new_model_s=Y switches_per_nod
 gossip_kb_node_min=W converge_99_s=V`` and writes ``docs/benchmarks/sim.json``.
 
 Gossip runs on the bounded overlay of ``meshp2p.mesh._overlay`` (each node links to
-the 8 members its rendezvous hash ranks first; links are answered both ways): the
-cost per node per minute is a 16-hash Summary to every link each heartbeat plus
-every announcement (state changes, deaths, and demand as ``AnnouncedRates`` lets it
-change) relayed on every link but the one it came by; convergence is the time for
-a flooded change to reach 99 % of the nodes along the overlay's shortest paths
-(one-way link delays plus 2 ms per hop), worst of 20 random origins.
+the 8 members its rendezvous hash ranks first; links are answered both ways), as a
+mesh of more than 16 nodes does: the cost per node per minute is, on every link each
+heartbeat, a one-hash Tick, answered with a Summary and a digest where the views
+differ at two heartbeats in a row (a change that had not reached both ends of a
+link yet, twice); one push-sum share
+of demand (``meshp2p.mesh.PushSum``, run for every node; a share goes to a random
+live node, standing in for a random overlay link); and every announcement (state
+changes, deaths, and demand for models nobody serves, as
+``meshp2p.planner.wanted_only`` and ``AnnouncedRates`` let it change) relayed on the
+links the node chose (its 8 overlay targets). The shared view's demand is one random
+node's push-sum estimate, as that node's planner would read it. Convergence is the
+time for a relayed change to reach 99 % of the nodes along the shortest paths of the
+chosen links (one-way link delays plus 2 ms per hop), worst of 20 random origins.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _bench import machine, write_result  # noqa: E402
 
-from meshp2p.mesh import MeshView, ModelFile, PeerInfo  # noqa: E402
+from meshp2p.mesh import MeshView, ModelFile, PeerInfo, PushSum  # noqa: E402
 from meshp2p.mesh._overlay import DEGREE, overlay_targets  # noqa: E402
 from meshp2p.planner import (  # noqa: E402
     AnnouncedRates,
@@ -47,14 +54,23 @@ from meshp2p.planner import (  # noqa: E402
     PlannerParams,
     plan,
     plan_round,
+    wanted_only,
 )
 
 GB = 10**9
 HEARTBEAT_S = 5.0
 DEAD_AFTER_S = 12.0
-#: Bytes on the wire (CBOR, framing, Noise) of one Summary and of one announcement.
-SUMMARY_BYTES = 180
-ANNOUNCEMENT_BYTES = 700
+#: Bytes on the wire (CBOR, varint, yamux header, Noise tag) of one Summary, one Tick,
+#: one announcement, and of a push-sum share: a fixed part and one per model in it.
+SUMMARY_BYTES = 200
+TICK_BYTES = 60
+#: A host's announcement with one model and a few addresses is 580 bytes of CBOR
+#: (protocols/vectors/gossip.json); more addresses and models make it larger.
+#: The digest of the buckets that differ, after one change: a bucket holds 1/16 of
+#: the nodes, at ~60 bytes an entry.
+DIGEST_ENTRY_BYTES = 60
+ANNOUNCEMENT_BYTES = 650
+SHARE_BYTES, SHARE_MODEL_BYTES = 60, 36
 #: Checking an announcement's signature and relaying it, per hop.
 HOP_S = 0.002
 SHA = "0" * 64
@@ -68,6 +84,7 @@ class SimNode:
     disk: frozenset[str]
     meter: DemandMeter = field(default_factory=DemandMeter)
     announced: AnnouncedRates = field(default_factory=AnnouncedRates)
+    pushsum: PushSum = field(default_factory=PushSum)
     served: set[str] = field(default_factory=set)
     loading: tuple[str, float] | None = None
     since: float = 0.0
@@ -75,7 +92,9 @@ class SimNode:
     dead_at: float | None = None
     switches: int = 0
 
-    def peer(self, now: float, hosted: set[str]) -> PeerInfo:
+    def peer(self, now: float, hosted: set[str], elsewhere: set[str]) -> PeerInfo:
+        rates, unhosted = self.meter.rates(now), set(self.meter.rates(now)) - hosted
+        wanted = wanted_only(rates, unhosted, self.announced.current, elsewhere)
         return PeerInfo(
             self.id,
             (),
@@ -86,9 +105,7 @@ class SimNode:
             self.memory,
             None,
             now,
-            request_rates=self.announced.update(
-                rates := self.meter.rates(now), now, set(rates) - hosted
-            ),
+            request_rates=self.announced.update(wanted, now, unhosted),
             models_loading=(self.loading[0],) if self.loading else (),
         )
 
@@ -107,6 +124,14 @@ class Sim:
     changes: int = 0
     node_seconds: float = 0.0
     zipf: list[str] = field(default_factory=list)
+    #: Announcements after the warm-up, by cause (demand: counted at the end).
+    kinds: dict[str, int] = field(default_factory=dict)
+    warmup: float = 0.0
+
+    def count(self, kind: str, now: float) -> None:
+        self.changes += 1
+        if now >= self.warmup:
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def add_node(self, now: float) -> None:
         self.next_id += 1
@@ -120,11 +145,27 @@ class Sim:
             next_plan=now + self.rng.uniform(0, self.args.plan_interval),
         )
         self.nodes[node.id] = node
-        self.changes += 1
+        self.count("join", now)
 
-    def view(self, now: float) -> MeshView:
+    def view(self, now: float, previous: MeshView | None = None) -> MeshView:
         hosted = self.hosted() | {n.loading[0] for n in self.nodes.values() if n.loading}
-        return MeshView("sim", tuple(n.peer(now, hosted) for n in self.nodes.values()))
+        elsewhere = {m for p in previous or () for m in p.request_rates}
+        peers = tuple(n.peer(now, hosted, elsewhere) for n in self.nodes.values())
+        alive = [n for n in self.nodes.values() if n.dead_at is None]
+        reader = self.rng.choice(alive) if alive else None
+        demand = reader.pushsum.estimate(len(peers)) if reader else {}
+        return MeshView("sim", peers, demand=demand)
+
+    def push_sum_round(self, now: float, alive: list[SimNode]) -> int:
+        """Every live node sends half its push-sum mass to a random live node; the
+        bytes sent."""
+        sent = 0
+        for node in alive:
+            epoch, weight, sums = node.pushsum.share(now, node.meter.rates(now))
+            target = self.rng.choice(alive)
+            target.pushsum.receive(epoch, weight, sums, now, target.meter.rates(now))
+            sent += SHARE_BYTES + SHARE_MODEL_BYTES * len(sums)
+        return sent
 
     def hosted(self) -> set[str]:
         return {m for n in self.nodes.values() if n.dead_at is None for m in n.served}
@@ -149,7 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"model-{i:02d}": int(math.exp(rng.uniform(math.log(1), math.log(60))) * GB)
         for i in range(args.models)
     }
-    sim = Sim(args, rng, models)
+    sim = Sim(args, rng, models, warmup=args.warmup_min * 60)
     params = PlannerParams(dwell=args.dwell)
     for _ in range(args.nodes):
         sim.add_node(0.0)
@@ -159,6 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     view = sim.view(0.0)
     shared = plan_round(view, models, params)
     announced = 0
+    beats = changed_beats = 0
+    share_bytes = 0
+    changes_at_beat = changes_at_warmup = 0
     started = time.monotonic()
     now = 0.0
     while now < horizon:
@@ -172,14 +216,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 node.served.clear()
             elif node.dead_at is not None and now - node.dead_at >= DEAD_AFTER_S:
                 del sim.nodes[node.id]
-                sim.changes += 1
+                sim.count("death", now)
                 sim.add_node(now)
         # Loading finishes.
         for node in sim.nodes.values():
             if node.loading and node.loading[1] <= now:
                 node.served.add(node.loading[0])
                 node.loading, node.since = None, now
-                sim.changes += 1
+                sim.count("model ready", now)
         # Requests.
         hosted = sim.hosted()
         alive = [n for n in sim.nodes.values() if n.dead_at is None]
@@ -196,8 +240,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sim.new_model_waits.append(now - sim.unhosted_since.pop(model))
         # Heartbeat: the view gossip delivers, and the shared part of the plan.
         if now % HEARTBEAT_S == 0:
-            view = sim.view(now)
+            view = sim.view(now, view)
             shared = plan_round(view, models, params)
+            sent = sim.push_sum_round(now, alive)
+            changes = sim.changes + sum(n.announced.changes for n in sim.nodes.values())
+            if now < warmup:
+                changes_at_warmup = changes
+            else:
+                beats += 1
+                changed_beats += changes != changes_at_beat
+                share_bytes += sent / max(1, len(alive))
+            changes_at_beat = changes
         if now >= warmup:
             sim.node_seconds += len(alive)
         # Planning rounds.
@@ -213,22 +266,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if now >= warmup:
                     node.switches += 1
             node.loading = (decision.model, now + sim.load_time(node, decision.model))
-            sim.changes += 1
+            sim.count("model taken on", now)
             announced += 1
     elapsed = time.monotonic() - started
     n = args.nodes
     minutes = (horizon - warmup) / 60
     alive_nodes = [node for node in sim.nodes.values() if node.dead_at is None]
-    graph = overlay_graph(alive_nodes)
-    links = statistics.mean(len(v) for v in graph.values())
-    # Per node per minute: a Summary to every link each heartbeat, and every change
-    # (an announcement: a node's state or its demand; a death) sent on every link but
-    # the one it came by.
+    graph, links = overlay_graph(alive_nodes)
+    # Per node per minute: on every link each heartbeat a Summary after a change, else
+    # a Tick; a push-sum share; and every change (an announcement: a node's state or
+    # its demand for a model nobody serves; a death) sent on every link but the one it
+    # came by.
     announcements = sim.changes + sum(node.announced.changes for node in sim.nodes.values())
-    changes_per_min = announcements / (horizon / 60)
-    summary_kb = links * (60 / HEARTBEAT_S) * SUMMARY_BYTES / 1000
-    flood_kb = changes_per_min * (links - 1) * ANNOUNCEMENT_BYTES / 1000
+    changes_per_min = (announcements - changes_at_warmup) / minutes
+    changed = changed_beats / max(1, beats)
     converge = [spread_time(graph, rng.choice(alive_nodes), 0.99) for _ in range(20)]
+    # A link's views differ at a heartbeat if a change is still on its way then.
+    differ = min(1.0, changes_per_min / 60 * max(converge))
+    repair = SUMMARY_BYTES + DIGEST_ENTRY_BYTES * len(alive_nodes) / 16
+    beat_bytes = TICK_BYTES + differ**2 * repair
+    summary_kb = links * (60 / HEARTBEAT_S) * beat_bytes / 1000
+    push_sum_kb = share_bytes / minutes / 1000
+    flood_kb = changes_per_min * DEGREE * ANNOUNCEMENT_BYTES / 1000
     node_hours = sim.node_seconds / 3600
     switches = sum(node.switches for node in sim.nodes.values())
     return {
@@ -247,14 +306,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else 0.0,
         "new_model_events": len(sim.new_model_waits),
         "switches_per_node_hour": round(switches / max(node_hours, 1e-9), 4),
-        "gossip_kb_node_min": round(summary_kb + flood_kb, 1),
+        "gossip_kb_node_min": round(summary_kb + push_sum_kb + flood_kb, 1),
         "gossip_summary_kb_node_min": round(summary_kb, 1),
+        "gossip_heartbeats_with_change": round(changed, 3),
+        "gossip_links_differing_at_heartbeat": round(differ, 4),
+        "gossip_push_sum_kb_node_min": round(push_sum_kb, 1),
         "gossip_flood_kb_node_min": round(flood_kb, 1),
         "overlay_degree": DEGREE,
         "links_per_node": round(links, 1),
         "converge_99_s": round(max(converge), 3),
         "converge_99_s_median": round(statistics.median(converge), 3),
         "announcements_per_min": round(changes_per_min, 1),
+        "announcements_by_cause": {
+            **sim.kinds,
+            "demand for a model nobody serves": announcements
+            - changes_at_warmup
+            - sum(sim.kinds.values()),
+        },
         "simulated_minutes": round(minutes, 1),
         "wall_s": round(elapsed, 1),
     }
@@ -269,16 +337,19 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
-def overlay_graph(nodes: list[SimNode]) -> dict[str, dict[str, float]]:
-    """The gossip links ``meshp2p.mesh._overlay`` makes (each node's targets, answered
-    both ways), with one-way delays."""
+def overlay_graph(nodes: list[SimNode]) -> tuple[dict[str, dict[str, float]], float]:
+    """The links a node chose (its overlay targets), on which it relays, with one-way
+    delays; and the mean number of links per node, counting
+    those that answer another node's choice (each gets a heartbeat)."""
     by_id = {node.id: node for node in nodes}
     graph: dict[str, dict[str, float]] = {node.id: {} for node in nodes}
+    both: dict[str, set[str]] = {node.id: set() for node in nodes}
     for node in nodes:
         for target in overlay_targets(by_id, node.id):
-            delay = (node.delay_s + by_id[target].delay_s) / 2
-            graph[node.id][target] = graph[target][node.id] = delay
-    return graph
+            graph[node.id][target] = (node.delay_s + by_id[target].delay_s) / 2
+            both[node.id].add(target)
+            both[target].add(node.id)
+    return graph, statistics.mean(len(v) for v in both.values())
 
 
 def spread_time(graph: dict[str, dict[str, float]], origin: SimNode, share: float) -> float:
