@@ -151,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not send requests with the same prompt start to the same host",
     )
     node.add_argument(
+        "--no-speculative",
+        dest="speculative",
+        action="store_false",
+        help="decode one token per step: no guessed tokens verified in batches",
+    )
+    node.add_argument(
+        "--draft",
+        metavar="MODEL",
+        default=None,
+        help="a small model sharing the served models' vocabulary, to guess tokens "
+        "(a .gguf path, store file name or catalog name)",
+    )
+    node.add_argument(
         "--listen",
         action="append",
         default=[],
@@ -294,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
             client=args.client,
             standby=args.standby,
             prefix_affinity=args.prefix_affinity,
+            speculative=args.speculative,
+            draft=args.draft,
             heartbeat_interval=args.heartbeat_interval,
             dead_after=args.dead_after,
             listen=tuple(args.listen) or DEFAULT_LISTEN,

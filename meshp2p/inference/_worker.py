@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,7 @@ _BACKOFF_START = 1.0
 _BACKOFF_MAX = 30.0
 _HEALTHY_AFTER = 60.0
 _READY_TIMEOUT = 300.0
+_MAX_EVENT_LINE = 64 * 1024
 
 
 class Unplaceable(MeshError):
@@ -78,6 +79,10 @@ class WorkerSettings:
     queue_timeout: float = 300.0
     #: Tokens generated for a request that names no max_tokens (0: up to the context).
     default_max_tokens: int = 0
+    #: Verify guessed tokens in batches (``_speculative``); with a draft model's guesses
+    #: when ``draft_path`` is given.
+    speculative: bool = True
+    draft_path: Path | None = None
 
 
 class InferenceWorker:
@@ -98,6 +103,9 @@ class InferenceWorker:
         self.last_error: str | None = None
         self.info: dict[str, Any] = {}
         self.retry_at: float | None = None
+        #: The child's tokens guessed and accepted (its "speculation" events).
+        self.speculation: dict[str, int] = {}
+        self._speculation_changed = trio.Event()
         self._state_changed = trio.Event()
 
     @property
@@ -125,6 +133,8 @@ class InferenceWorker:
             "load_s": self.info.get("load_s"),
             "launch": self.launch.info if self.launch else None,
             "tools_supported": self.info.get("tools_supported", False),
+            "speculative": self.settings.speculative,
+            "speculation": dict(self.speculation),
         }
 
     def unavailable_reason(self) -> str:
@@ -145,6 +155,11 @@ class InferenceWorker:
     async def wait_state_change(self) -> WorkerState:
         await self._state_changed.wait()
         return self.state
+
+    async def wait_speculation_change(self) -> dict[str, int]:
+        """The speculation counts, once the child reported them again."""
+        await self._speculation_changed.wait()
+        return self.speculation
 
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
@@ -217,6 +232,8 @@ class InferenceWorker:
             "--default-max-tokens",
             str(s.default_max_tokens),
             *launch.arguments(),
+            *(["--no-speculative"] if not s.speculative else []),
+            *(["--draft", str(s.draft_path)] if s.draft_path is not None and s.speculative else []),
         ]
 
     async def _run_once(self, launch: Launch) -> None:
@@ -256,6 +273,15 @@ class InferenceWorker:
             log.info(
                 "model %s ready on 127.0.0.1:%d (pid %d)", self.model_id, self.port, process.pid
             )
+            # The child reports after each generation; an unread pipe would fill and stop it.
+            async with aclosing(child_events(process)) as events:
+                async for later in events:
+                    if later.get("event") == "speculation":
+                        self.speculation = {
+                            k: v for k, v in later.items() if k != "event" and isinstance(v, int)
+                        }
+                        self._speculation_changed.set()
+                        self._speculation_changed = trio.Event()
         await process.wait()
 
 
@@ -292,6 +318,22 @@ async def _run_process(
         env=env,
         task_status=task_status,
     )
+
+
+async def child_events(process: trio.Process) -> AsyncGenerator[dict[str, Any], None]:
+    """The JSON object lines the child prints after its ready line, until stdout ends.
+    Lines are bounded: a longer one is dropped, not buffered."""
+    assert process.stdout is not None
+    buffer = b""
+    async for chunk in process.stdout:
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            event = _parse_event(line)
+            if event is not None:
+                yield event
+        if len(buffer) > _MAX_EVENT_LINE:
+            buffer = b""
 
 
 def _parse_event(line: bytes) -> dict[str, Any] | None:

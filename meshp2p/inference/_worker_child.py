@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from .._errors import WorkerError
 from ..api._anthropic import count_tokens_body
 from ..api._asgi import (
     ClientGone,
@@ -140,6 +141,7 @@ class WorkerApp:
                         "model": self.model_id,
                         "waiting": self.queue.waiting,
                         "busy": self.queue.busy,
+                        "speculation": self.engine.speculation.as_dict(),
                     },
                 )
             elif path == "/info" and method == "GET":
@@ -164,6 +166,8 @@ class WorkerApp:
             "tools_supported": self.engine.tools_supported,
             "chat_template": self.engine.chat_template_source,
             "n_embd": self.embedder.n_embd if self.embedder else None,
+            "speculative": self.engine.speculative,
+            "draft": self.engine.draft.model_path if self.engine.draft is not None else None,
             "pid": os.getpid(),
         }
 
@@ -216,6 +220,10 @@ class WorkerApp:
                 emit(ApiError(500, f"generation failed: {exc}", type="server_error"))
             finally:
                 loop.run_sync_soon(send_events.close)
+                if self.engine.speculative:
+                    # The node's /api/status shows these (``InferenceWorker``).
+                    stats = self.engine.speculation.as_dict()
+                    print(json.dumps({"event": "speculation", **stats}), flush=True)
 
         error: ApiError | None = None
         await self.queue.acquire()
@@ -463,6 +471,21 @@ def load_model(
         )
 
 
+def load_draft(path: str, target: Any, threads: int) -> Any:
+    """The draft model for speculative decoding, on this host, with the target's context;
+    WorkerError unless it shares the target's vocabulary."""
+    from llama_cpp import Llama
+
+    from ._speculative import check_vocabularies
+
+    try:
+        draft = Llama(model_path=path, n_ctx=target.n_ctx(), n_threads=threads, verbose=False)
+    except ValueError as exc:
+        raise WorkerError(f"cannot load the draft model {path}: {exc}") from None
+    check_vocabularies(target, draft)
+    return draft
+
+
 async def serve(args: argparse.Namespace) -> None:
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -478,7 +501,15 @@ async def serve(args: argparse.Namespace) -> None:
         split,
         args.threads_batch,
     )
-    engine = Engine(llama, default_max_tokens=args.default_max_tokens)
+    draft = None
+    if args.draft and not args.no_speculative:
+        draft = await trio.to_thread.run_sync(load_draft, args.draft, llama, args.threads)
+    engine = Engine(
+        llama,
+        default_max_tokens=args.default_max_tokens,
+        speculative=not args.no_speculative,
+        draft=draft,
+    )
     embedder = None
     if not args.rpc:
         # A split model's layers live on other nodes: a second copy is not made there.
@@ -519,6 +550,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="with --rpc: llama.cpp's")
     parser.add_argument("--tensor-split", default="", help="with --rpc: shares, comma-separated")
+    parser.add_argument(
+        "--no-speculative", action="store_true", help="decode one token per step, no guesses"
+    )
+    parser.add_argument("--draft", default="", help="a draft model (.gguf) sharing the vocabulary")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("MESHP2P_LOG_LEVEL", "WARNING"),
@@ -528,6 +563,10 @@ def main(argv: list[str] | None = None) -> None:
         trio.run(serve, args)
     except KeyboardInterrupt:
         pass
+    except WorkerError as exc:
+        # One line, the last of the log: the node shows it as the worker's last error.
+        print(f"meshp2p-worker: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,11 @@ class NodeConfig:
     standby: bool = False
     #: Send requests whose prompts start the same to the same host (KV cache reuse).
     prefix_affinity: bool = True
+    #: Speculative decoding: guessed tokens verified in batches, where it pays
+    #: (``inference._speculative``); ``draft`` adds a draft model's guesses (a model
+    #: spec, like ``models``'), which must share each served model's vocabulary.
+    speculative: bool = True
+    draft: str | None = None
     # Discovery (meshp2p.discovery). Relays are contacted only when one of these
     # asks for it: --nostr-relay, --publish or --auto.
     #: Nostr relay URLs; empty: the default public relays, if --publish or --auto.
@@ -107,6 +112,8 @@ class NodeConfig:
             raise ConfigError("context size must be at least 64 tokens")
         if self.default_max_tokens < 0:
             raise ConfigError("default max tokens must be 0 (up to the context) or more")
+        if self.draft is not None and not self.speculative:
+            raise ConfigError("--draft speeds up speculative decoding; drop --no-speculative")
         if self.client and self.join is None:
             raise ConfigError("--client needs --join TOKEN: a client joins an existing mesh")
         if self.client and self.models:

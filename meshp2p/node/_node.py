@@ -442,6 +442,8 @@ class Node:
                 max_queue=cfg.max_queue,
                 queue_timeout=cfg.queue_timeout,
                 default_max_tokens=cfg.default_max_tokens,
+                speculative=cfg.speculative,
+                draft_path=self.store.resolve(cfg.draft).path if cfg.draft else None,
             ),
             placement=self._placement(file, layout),
         )
