@@ -394,18 +394,18 @@ class Engine:
 
     def speculates(self, req: PreparedRequest, grammar: Any = None) -> bool:
         """Whether ``req`` is decoded speculatively: not with a seed and a temperature
-        above 0, nor greedy under a grammar or logit bias (its margin guard reads the
-        model's own logits)."""
+        above 0, nor greedy under a grammar (its margin guard cannot see which tokens
+        the grammar allows)."""
         if not self.speculative:
             return False
         if req.sampling["temp"] > 0:
             return req.seed is None
-        return grammar is None and req.sampling["logits_processor"] is None
+        return grammar is None
 
     def _tokens(
-        self, req: PreparedRequest, prompt: list[int], grammar: Any
+        self, req: PreparedRequest, prompt: list[int], grammar: Any, speculative: bool
     ) -> Generator[int, None, None]:
-        if not self.speculates(req, grammar):
+        if not (speculative and self.speculates(req, grammar)):
             return self.llama.generate(prompt, grammar=grammar, **req.sampling)  # type: ignore[no-any-return]
         proposer: Proposer = NgramProposer()
         if self.draft is not None:
@@ -430,6 +430,7 @@ class Engine:
         *,
         replay: Sequence[int] = (),
         steps: bool = False,
+        speculative: bool = True,
     ) -> Iterator[Delta | Step | Finish]:
         """Yield text deltas, then one Finish. Checks ``cancel`` before every token.
 
@@ -479,7 +480,7 @@ class Engine:
             tokens = (
                 self._replayed(prompt, grammar, req.sampling, pending)
                 if pending
-                else self._tokens(req, prompt, grammar)
+                else self._tokens(req, prompt, grammar, speculative)
             )
             try:
                 for token in tokens:

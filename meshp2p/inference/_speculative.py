@@ -256,11 +256,16 @@ def _logits(llama: Any, index: int) -> Any:
     return np.ctypeslib.as_array(pointer, shape=(llama.n_vocab(),))
 
 
-def _margin(llama: Any, index: int) -> float:
-    """How far the best logit at output ``index`` leads the second best."""
+def _margin(llama: Any, index: int, processor: Any | None) -> float:
+    """How far the best logit at output ``index`` leads the second best, after the
+    request's logits processor (logit bias) when it has one."""
     import numpy as np
 
-    top = np.partition(_logits(llama, index), -2)[-2:]
+    logits = _logits(llama, index)
+    if processor is not None:
+        # Ours (``_engine._logit_bias_processor``) reads no token history.
+        logits = processor(np.empty(0, dtype=np.intc), logits.copy())
+    top = np.partition(logits, -2)[-2:]
     return float(top[1] - top[0])
 
 
@@ -288,6 +293,7 @@ def decode_tokens(
     sampler = llama._init_sampler(grammar=grammar, **sampling)
     llama._sampler = sampler
     ctx = llama._ctx
+    processor = sampling.get("logits_processor")
     pending = _reuse_prefix(llama, list(prompt))
     # Only the prompt's last position gets logits.
     llama.eval(pending)
@@ -324,7 +330,7 @@ def decode_tokens(
         # plain decoding does; a guess that held was evaluated already.
         out: list[int] = []
         for i in range(len(step)):
-            if guard is not None and _margin(llama, i) < guard:
+            if guard is not None and _margin(llama, i, processor) < guard:
                 # A near tie, where the batch's last bits could pick another token than
                 # plain decoding: evaluate this position alone, as plain decoding does.
                 llama.n_tokens = n_past + i

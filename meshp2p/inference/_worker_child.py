@@ -209,7 +209,12 @@ class WorkerApp:
             try:
                 prepared = self.engine.prepare(kind, request["params"])
                 emit(Started(len(prepared.prompt_tokens)))
-                for event in self.engine.generate(prepared, cancel, replay=replay, steps=progress):
+                # The node's own benchmarks compare with and without speculation on one
+                # worker; the gateway never sends this.
+                speculative = request.get("speculative") is not False
+                for event in self.engine.generate(
+                    prepared, cancel, replay=replay, steps=progress, speculative=speculative
+                ):
                     emit(event)
             except Cancelled:
                 pass

@@ -222,3 +222,26 @@ def test_draft_model_speculation_gives_the_plain_text(pair: tuple[Any, Any]) -> 
     assert finish(on, params).text == finish(off, params).text
     assert on.speculation.drafted > 0
     assert on.speculation.accepted >= on.speculation.drafted // 2
+
+
+def test_greedy_with_a_logit_bias_speculates_and_gives_the_plain_text(gemma: Any) -> None:
+    on, off = Engine(gemma), Engine(gemma, speculative=False)
+    # Ban gemma's end of text and end of turn, as the split benchmark does.
+    params = {
+        "prompt": JSON_PROMPT,
+        "max_tokens": 40,
+        "temperature": 0,
+        "logit_bias": {"1": -100, "106": -100},
+    }
+    assert finish(on, params).text == finish(off, params).text
+    assert on.speculation.drafted > 0
+
+
+def test_a_request_can_turn_speculation_off(gemma: Any) -> None:
+    engine = Engine(gemma)
+    prepared = engine.prepare(
+        "completion", {"prompt": COPY_PROMPT, "max_tokens": 24, "temperature": 0}
+    )
+    gemma.reset()
+    list(engine.generate(prepared, threading.Event(), speculative=False))
+    assert engine.speculation.drafted == 0
