@@ -79,6 +79,11 @@ _MEMBERSHIP_GRACE = 5.0
 _MAX_HANDSHAKES = 32
 _LINK_BUFFER = 256
 _REDIAL_AFTER = 2.0
+#: Peers that died less than this long ago are dialled again (``_redial_graves``),
+#: each at most every _REDIAL_GRAVE_EVERY s, at most _GRAVES_PER_BEAT a heartbeat.
+_REDIAL_GRAVES_FOR = 600.0
+_REDIAL_GRAVE_EVERY = 5.0
+_GRAVES_PER_BEAT = 4
 _REJECTIONS_KEPT = 32
 _LEAVE_GRACE = 2.0
 _REAP_EVERY = 1.0
@@ -581,6 +586,7 @@ class MeshService:
                     self._send(link, frame)
             self._share_demand()
             self._connect_to_known(now)
+            self._redial_graves(now)
             if self._nursery is not None:
                 for peer in list(self.members):
                     self._nursery.start_soon(self._measure_rtt, peer)
@@ -644,6 +650,21 @@ class MeshService:
             log.warning("peer %s is gone (link broken, no answer to pings)", node_id)
             self._broadcast(encode_frame(Dead(node_id, held.seq).to_map()))
             self._forget(peer)
+
+    def _redial_graves(self, now: float) -> None:
+        """Dial peers that died lately where they last were: after a freeze or a broken
+        link heals, two sides that buried each other meet again only if one dials. The
+        peer then hears of its death in our digest answer and announces anew."""
+        if self._nursery is None or self._leaving:
+            return
+        graves = self.state.graves_to_redial(now, _REDIAL_GRAVES_FOR)
+        for node_id, addrs in graves[:_GRAVES_PER_BEAT]:
+            peer = ID.from_base58(node_id)
+            if peer in self._links or peer in self._dialing:
+                continue
+            if now - self._last_dial.get(peer, -1e9) < _REDIAL_GRAVE_EVERY:
+                continue
+            self._nursery.start_soon(self._dial, Libp2pPeerInfo(peer, transport_addrs(addrs)))
 
     def _connect_to_known(self, now: float) -> None:
         """Keep links to this node's overlay targets (``_overlay``: every member, in a

@@ -88,6 +88,9 @@ class MeshView:
 class _Grave:
     seq: int
     died_at: float
+    #: Where it was when it died (not when it left): after a partition heals it is
+    #: dialled there again, or two sides that buried each other would never meet.
+    addrs: tuple[str, ...] = ()
 
 
 class MeshState:
@@ -182,7 +185,7 @@ class MeshState:
             return False
         if not verify_leaving(leaving):
             return False
-        self._bury(node_id, leaving.seq, now)
+        self._bury(node_id, leaving.seq, now, left=True)
         return True
 
     def apply_dead(self, node_id: str, seq: int, now: float) -> bool:
@@ -239,6 +242,17 @@ class MeshState:
         for node_id in expired:
             self._bury(node_id, self._announcements[node_id].seq, now)
         return expired
+
+    def graves_to_redial(self, now: float, within: float) -> list[tuple[str, tuple[str, ...]]]:
+        """Nodes that died (not left) less than ``within`` seconds ago, newest first,
+        with the addresses they last announced: a freeze or a broken link that heals
+        brings them back, but only if someone dials them."""
+        out = [
+            (node_id, grave.addrs)
+            for node_id, grave in self._dead.items()
+            if grave.addrs and now - grave.died_at < within
+        ]
+        return out[::-1]
 
     def digest(self) -> dict[str, int]:
         return {node_id: a.seq for node_id, a in self._announcements.items()}
@@ -326,15 +340,16 @@ class MeshState:
         )
         return MeshView(mesh_id=self.mesh_id, peers=peers)
 
-    def _bury(self, node_id: str, seq: int, now: float) -> None:
+    def _bury(self, node_id: str, seq: int, now: float, *, left: bool = False) -> None:
         held = self._announcements.pop(node_id, None)
         if held is not None:
             self._bytes -= _size(held)
+        addrs = () if left or held is None else tuple(held.addrs)
         self._last_seen.pop(node_id, None)
         self._direct.pop(node_id, None)
         self._rtt_ms.pop(node_id, None)
         grave = self._dead.pop(node_id, None)
-        self._dead[node_id] = _Grave(max(seq, grave.seq if grave else seq), now)
+        self._dead[node_id] = _Grave(max(seq, grave.seq if grave else seq), now, addrs)
         while len(self._dead) > self.max_dead:
             self._dead.popitem(last=False)
 
