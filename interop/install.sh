@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make interop` needs, inside the repository: Node 22 and js-libp2p from
 # npm (pinned by package-lock.json) under interop/node_modules, and redis-server from
-# Debian's packages under interop/.deps. Fails with one clear line when it cannot.
+# Debian's packages and go-libp2p's daemon from PyPI's hivemind wheel under interop/.deps.
+# Fails with one clear line when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,3 +24,5 @@ npm install --no-save --no-audit --no-fund --loglevel=error
     exit 1
 }
 "${PYTHON:-python3}" redis.py --install
+# go-libp2p's daemon (p2pd) out of the pinned hivemind wheel, for go_checks.py.
+"${PYTHON:-python3}" go_checks.py --install

@@ -4,13 +4,16 @@
 0 when every check passed, 1 otherwise, 2 when the interop peer is not installed
 (``make interop-install`` installs it; nothing is skipped silently).
 
-Two groups of checks, both against real processes on loopback:
+Three groups of checks, all against real processes on loopback:
 
 - ``mesh_checks``: a js-libp2p peer (``interop/peer/``) against a real ``meshp2p node``:
   transports, identify, ping, membership, gossip, /mesh/route, Kademlia, the test
   vectors, a wrong secret, and the reverse direction (the Python node dials the JS peer).
 - ``transport_checks``: libp2p's transport-interop test-app contract (Redis
-  ``{TEST_KEY}_listener_multiaddr``), our Python app against the JS app, both roles.
+  ``{TEST_KEY}_listener_multiaddr``), our Python app against the JS app and stock
+  py-libp2p, both roles.
+- ``go_checks``: go-libp2p (hivemind's ``p2pd``, quic-go on QUIC) and the node's host,
+  each dialling the other and pinging.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def print_table(results: Sequence[Check], verbose: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("mesh", "transport"), default=None)
+    parser.add_argument("--only", choices=("mesh", "transport", "go"), default=None)
     parser.add_argument("--transport", action="append", choices=TRANSPORTS, default=None)
     parser.add_argument("-v", "--verbose", action="store_true", help="print every check's detail")
     args = parser.parse_args(argv)
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         import transport_checks
 
         groups.append(transport_checks.run)
+    if args.only in (None, "go"):
+        import go_checks
+
+        groups.append(go_checks.run)
     results: list[Check] = []
     for group in groups:
         results += group(transports)
