@@ -15,7 +15,7 @@ RUN_MODEL := $(if $(filter --model --model=% --client --standby,$(ARGS)),,--mode
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
 	bench-route bench-affinity bench-transport bench-split bench-threads bench-sim interop \
 	interop-install clean \
-	relay-install browser-install lab-install
+	relay-install browser-install lab-install soak
 
 install: $(STAMP)
 
@@ -74,6 +74,12 @@ test: check pytest interop
 # nftables for the network lab's NAT routers (tests/lab: namespaces, needs root).
 lab-install:
 	@bash tests/lab/install.sh
+
+# 15 minutes of mixed load and random faults on a lab mesh (root; not part of `make test`):
+# prints requests=N answered=A resumed=R errors=E hung=H and fails unless hung=0.
+SOAK_SECONDS ?= 900
+soak: install lab-install
+	$(PY) tests/lab/soak.py --seconds $(SOAK_SECONDS)
 
 # The js-libp2p interop peer: Node 22 and js-libp2p from npm (versions pinned by
 # interop/package-lock.json), redis-server from Debian packages into interop/.deps.

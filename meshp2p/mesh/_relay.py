@@ -14,8 +14,14 @@ decides and gates:
   where its peers are, so it reserves whenever it might be NAT'd; the circuit is
   announced last and dialled only when the direct addresses fail.
 
-The pure helpers (``needs_relay``, ``circuit_addr``, ``split_addrs``,
-``connection_path``) decide; ``MeshRelay`` is the trio driver.
+- **Hole punching:** over a relayed connection py-libp2p's DCUtR (members only too)
+  has both sides dial each other's observed address at once; where the NATs keep
+  ports and drop (rather than refuse) unsolicited packets, a direct connection opens
+  and the relayed one is closed after a grace period. ``/api/status`` then says
+  ``hole-punched`` for it.
+
+The pure helpers (``needs_relay``, ``can_relay_for``, ``circuit_addr``,
+``split_addrs``, ``connection_path``) decide; ``MeshRelay`` is the trio driver.
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ import trio
 from libp2p.abc import IHost
 from libp2p.connection_types import ConnectionType
 from libp2p.peer.id import ID
-from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport, RelayLimits
+from libp2p.relay.circuit_v2 import (
+    DCUTR_PROTOCOL_ID,
+    CircuitV2Protocol,
+    CircuitV2Transport,
+    DCUtRProtocol,
+    RelayLimits,
+)
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP_PROTOCOL
@@ -150,9 +162,18 @@ class MeshRelay:
     def __init__(self, mesh: MeshService) -> None:
         self.mesh = mesh
         self.reservations: dict[ID, Reservation] = {}
-        #: Peers whose direct connection DCUtR opened.
-        self.punched: set[ID] = set()
+        #: Peers we have held a relayed connection to (a direct one to them since is
+        #: DCUtR's doing: hole-punched).
+        self.relayed_once: set[ID] = set()
         self._transport: CircuitV2Transport | None = None
+        self._dcutr: DCUtRProtocol | None = None
+
+    @property
+    def punched(self) -> set[ID]:
+        """Peers DCUtR connected directly, through the NATs, after a relayed connection."""
+        if self._dcutr is None:
+            return set()
+        return self._dcutr._direct_connections & self.relayed_once
 
     @property
     def host(self) -> IHost:
@@ -164,8 +185,16 @@ class MeshRelay:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         protocol = CircuitV2Protocol(self.host, RELAY_LIMITS, allow_hop=self.offers)
-        async with background_trio_service(protocol):
+        # DCUtR: over a relayed connection both sides learn the other's observed
+        # address (identify) and dial it at once: a hole punch where the NATs allow.
+        dcutr = DCUtRProtocol(self.host)
+        async with background_trio_service(protocol), background_trio_service(dcutr):
             await protocol.event_started.wait()
+            await dcutr.event_started.wait()
+            self._dcutr = dcutr
+            self.host.set_stream_handler(
+                DCUTR_PROTOCOL_ID, self.mesh.members_only(dcutr._handle_dcutr_stream)
+            )
             # Members only, on both roles: a stranger can neither reserve nor dial
             # through us, and only a member's relay may hand us a circuit.
             if self.offers:
@@ -180,11 +209,16 @@ class MeshRelay:
                 self.host, protocol, RelayConfig(roles=RelayRole.STOP)
             )
             task_status.started()
-            if self.mesh.client:
-                await trio.sleep_forever()
             while True:
-                await self._keep_reserved()
+                self._note_relayed()
+                if not self.mesh.client:
+                    await self._keep_reserved()
                 await trio.sleep(CHECK_INTERVAL)
+
+    def _note_relayed(self) -> None:
+        for peer, conns in self.host.get_network().get_connections_map().items():
+            if any(conn_is_relayed(c) for c in conns):
+                self.relayed_once.add(peer)
 
     # -- reserving ------------------------------------------------------------
 
@@ -277,6 +311,7 @@ class MeshRelay:
                     set_info = getattr(conn, "set_transport_info", None)
                     if set_info is not None:
                         set_info([addr], ConnectionType.RELAYED)
+                self.relayed_once.add(peer)
                 return True
             except Exception as exc:
                 log.info("circuit %s failed: %s", addr, exc or type(exc).__name__)

@@ -241,6 +241,11 @@ class Lab:
             "  chain lan_only { type filter hook forward priority 0; policy drop;\n"
             '    iifname "lan" accept\n'
             "    ct state established,related accept\n  }\n"
+            # Like a home router: what nobody inside asked for is dropped, not refused
+            # (a refusal's RST would also end a TCP hole punch's simultaneous open).
+            "  chain wan_in { type filter hook input priority 0; policy drop;\n"
+            '    iifname { "lo", "lan" } accept\n'
+            "    ct state established,related accept\n  }\n"
             "}\n"
         )
         loaded = subprocess.run(

@@ -1,5 +1,6 @@
 """NAT traversal in the lab: two nodes behind different NATs meet through a public
-member acting as their circuit relay, and gossip and routing cross the circuit."""
+member acting as their circuit relay, gossip and routing cross the circuit, and DCUtR
+then punches a direct connection through both NATs."""
 
 from __future__ import annotations
 
@@ -70,7 +71,16 @@ def test_nodes_behind_two_nats_meet_through_a_relaying_member(
     assert paths_to(n1, relay_id) == ["direct"]
     assert "relayed" in paths_to(n1, n2_id)
 
-    # A request N2 receives is served by N1 over the circuit, streamed and not.
+    # DCUtR then punches a direct connection through both NATs (the lab's routers
+    # masquerade like Linux home routers: ports kept, unsolicited packets dropped).
+    wait_until(
+        lambda: "hole-punched" in paths_to(n2, n1_id) or "hole-punched" in paths_to(n1, n2_id),
+        30,
+        "DCUtR to punch a direct connection between N1 and N2",
+        describe=lambda: f"N2: {n2.status()['connections']}\nN1: {n1.status()['connections']}",
+    )
+
+    # A request N2 receives is served by N1 (through the NATs), streamed and not.
     body: dict[str, Any] = {
         "model": DEFAULT,
         "messages": [{"role": "user", "content": "Say hi."}],
