@@ -676,7 +676,11 @@ class MeshService:
         targets = overlay_targets((p.id for p in view), self.node_id)
         for node_id in targets:
             peer = ID.from_base58(node_id)
-            if peer in self._links or peer in self._dialing:
+            link = self._links.get(peer)
+            if link is not None:
+                link.initiated = True  # ours now, even if the peer opened it first
+                continue
+            if peer in self._dialing:
                 continue
             if now - self._last_dial.get(peer, -1e9) < _REDIAL_AFTER:
                 continue
