@@ -942,7 +942,16 @@ class _InboundConn(QuicConn):
         super()._verified()
         nursery = self.endpoint.nursery
         if nursery is not None:
+            nursery.start_soon(self._serve)
+
+    async def _serve(self) -> None:
+        """Run the swarm's handler for this connection until the connection ends (the
+        handler itself waits for the whole swarm to stop: one task per connection
+        ever accepted, otherwise)."""
+        async with trio.open_nursery() as nursery:
             nursery.start_soon(self._listener.handler, self)  # type: ignore[arg-type]
+            await self.event_closed.wait()
+            nursery.cancel_scope.cancel()
 
 
 def quic_transport(keypair: KeyPair) -> QuicTransport:

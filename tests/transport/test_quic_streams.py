@@ -6,6 +6,7 @@ from typing import Any
 
 import multiaddr
 import trio
+import trio.testing
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
@@ -93,3 +94,34 @@ async def test_a_failed_quic_dial_falls_back_to_tcp_and_says_why() -> None:
 async def _echo_once(stream: Any) -> None:
     await stream.write(await stream.read(64))
     await stream.close()
+
+
+async def test_a_listener_keeps_no_task_for_a_connection_that_ended() -> None:
+    """py-libp2p's handler for an inbound connection waits for the whole swarm to stop;
+    the listener ends it with the connection, so a node that accepts connections for
+    days does not pile up a task for each."""
+    server = mesh_host(create_new_key_pair(), LISTEN)
+    client = mesh_host(create_new_key_pair(), LISTEN)
+    with trio.fail_after(60):
+        async with server.run(listen_addrs=LISTEN), client.run(listen_addrs=LISTEN):
+            server.set_stream_handler(ECHO, _echo_once)
+            (listener,) = (
+                lst
+                for lst in server.get_network().listeners.values()  # type: ignore[attr-defined]
+                if hasattr(lst, "endpoint")
+            )
+            nursery = listener.endpoint.nursery
+            info = PeerInfo(server.get_id(), server.get_addrs())
+            counts = []
+            for _ in range(6):
+                await client.connect(info)
+                stream = await client.new_stream(server.get_id(), [ECHO])
+                await stream.write(b"x")
+                assert await stream.read(64) == b"x"
+                (inbound,) = server.get_network().connections[client.get_id()]
+                await client.disconnect(server.get_id())
+                with trio.fail_after(5):
+                    await inbound.muxed_conn.event_closed.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                counts.append(len(nursery.child_tasks))
+            assert counts[-1] <= counts[0], counts
