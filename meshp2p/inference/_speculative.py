@@ -44,11 +44,15 @@ class Proposer(Protocol):
 
 class NgramProposer:
     """Prompt lookup: the tokens that followed the latest earlier occurrence of the
-    text's longest suffix (``NGRAM_MIN`` .. ``NGRAM_MAX`` tokens).
+    text's longest suffix (``NGRAM_MIN`` .. ``NGRAM_MAX`` tokens), and then, while the
+    answer keeps copying that place, the tokens that follow it there.
 
     An index from each n-gram to the position after its latest occurrence is kept up
     to date as tokens arrive, so a lookup costs O(NGRAM_MAX), not a scan of the
     context (llama-cpp-python's prompt lookup rescans the whole text every token).
+    Following the copy matters where the text repeats itself: rewriting a file of
+    similar blocks, the latest ``count: int =`` is the block just written, while the
+    block being copied is the next one of the prompt.
     """
 
     def __init__(self, max_n: int = NGRAM_MAX, min_n: int = NGRAM_MIN) -> None:
@@ -58,12 +62,14 @@ class NgramProposer:
         self.min_n = min_n
         self._tokens: list[int] = []
         self._index: dict[tuple[int, ...], int] = {}
+        #: The copy being followed: where its next token was, and the text's length then.
+        self._copy: tuple[int, int] | None = None
 
     def _sync(self, tokens: Sequence[int]) -> None:
         known = self._tokens
         if len(tokens) < len(known) or list(tokens[: len(known)]) != known:
             # Another text (a new request): index it from the start.
-            self._tokens, self._index = [], {}
+            self._tokens, self._index, self._copy = [], {}, None
             known = self._tokens
         for token in tokens[len(known) :]:
             known.append(token)
@@ -74,16 +80,34 @@ class NgramProposer:
                     break
                 self._index[tuple(known[end - n : end])] = end
 
+    def _followed(self) -> int | None:
+        """Where the copy followed so far goes on, if the text still copies it."""
+        if self._copy is None:
+            return None
+        source, then = self._copy
+        known = self._tokens
+        grown = len(known) - then
+        at = source + grown
+        if grown <= 0 or at >= len(known) or known[source:at] != known[then:]:
+            return None
+        return at
+
     def propose(self, tokens: Sequence[int], k: int) -> list[int]:
         if k <= 0:
             return []
         self._sync(tokens)
         known = self._tokens
-        for n in range(min(self.max_n, len(known)), self.min_n - 1, -1):
-            at = self._index.get(tuple(known[len(known) - n :]))
-            if at is not None:
-                return known[at : at + k]
-        return []
+        at = self._followed()
+        if at is None:
+            for n in range(min(self.max_n, len(known)), self.min_n - 1, -1):
+                at = self._index.get(tuple(known[len(known) - n :]))
+                if at is not None:
+                    break
+        if at is None:
+            self._copy = None
+            return []
+        self._copy = (at, len(known))
+        return known[at : at + k]
 
 
 class DraftModelProposer:

@@ -245,3 +245,18 @@ def test_a_request_can_turn_speculation_off(gemma: Any) -> None:
     gemma.reset()
     list(engine.generate(prepared, threading.Event(), speculative=False))
     assert engine.speculation.drafted == 0
+
+
+def test_ngram_follows_the_copy_it_guessed_from() -> None:
+    # Three similar blocks "7 1 N", then the answer copying them from the first.
+    prompt = [7, 1, 10, 7, 1, 11, 7, 1, 12, 9]
+    proposer = NgramProposer(max_n=2, min_n=2)
+    text = [*prompt, 7, 1, 10]
+    assert proposer.propose(text, 3) == [7, 1, 11]
+    text += [7, 1, 11, 7, 1]
+    # The copy goes on with block 3; the latest "7 1" (in the answer) would say 11.
+    assert proposer.propose(text, 2) == [12, 9]
+    assert NgramProposer(max_n=2, min_n=2).propose(text, 2) == [11, 7]
+    # Once the answer leaves the copy, the index decides again.
+    text += [5, 7, 1]
+    assert proposer.propose(text, 1) == [5]
