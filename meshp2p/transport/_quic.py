@@ -83,6 +83,8 @@ ACCEPT_BACKLOG = 256
 CLOSE_LINGER = 0.2
 #: How far ahead of its pacing timer a small send may go (see QuicConn._transmit).
 PACING_SKIP = 0.002
+#: Bytes waiting to be sent that count as a small message for the pacing skip.
+SMALL_SEND = 16 * 1024
 #: Datagrams read per ``recvmmsg`` round before other tasks get a turn.
 _RECV_ROUNDS = 16
 
@@ -463,20 +465,22 @@ class QuicConn(IMuxedConn):
             return
         now = self._now()
         quic = self.quic
-        datagrams = quic.datagrams_to_send(now)
-        if not datagrams:
+        core = quic._core
+        for _ in range(4):
+            datagrams = quic.datagrams_to_send(now)
+            if datagrams:
+                self.endpoint.send([d for d, _ in datagrams], self.remote)
             # qh3 paces in whole datagrams of max_datagram_size: with the large ones
-            # a direct route allows, a 64-byte reply waits ~1 ms for pacing credit.
-            # Pacing spreads bursts over an RTT; on these paths the "burst" is one
-            # small packet, so take the credit now (at most PACING_SKIP early).
-            core = quic._core
+            # a direct route allows, a 64-byte reply waited ~1 ms for pacing credit.
+            # Pacing spreads a burst over an RTT; when what waits is a small message,
+            # take the credit now (at most PACING_SKIP early); bulk data stays paced.
             timer = core.get_timer() if core is not None else None
-            if timer is not None and timer[0] == "pacing" and timer[1] - now <= PACING_SKIP:
-                self._floor = now = timer[1]
-                quic.handle_timer(now)
-                datagrams = quic.datagrams_to_send(now)
-        if datagrams:
-            self.endpoint.send([d for d, _ in datagrams], self.remote)
+            if timer is None or timer[0] != "pacing" or timer[1] - now > PACING_SKIP:
+                return
+            if datagrams and not 0 < quic.get_send_buffer_size() <= SMALL_SEND:
+                return
+            self._floor = now = timer[1]
+            quic.handle_timer(now)
 
     def _on_event(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
@@ -664,7 +668,8 @@ class _Endpoint:
                 if not batch:
                     break
                 self._deliver(batch)
-            await trio.lowlevel.checkpoint()
+            # No extra checkpoint: wait_readable is one (a scheduler pass per wake-up
+            # is a round trip's worth of latency when both ends share a process).
 
     def _deliver(self, batch: list[tuple[bytes, Any]]) -> None:
         # Runs of datagrams from one peer go to its connection in one call.
