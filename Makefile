@@ -13,7 +13,7 @@ DEFAULT_MODEL := gemma-3-270m-Q4_K_M
 RUN_MODEL := $(if $(filter --model --model=% --client --standby,$(ARGS)),,--model $(DEFAULT_MODEL))
 
 .PHONY: install run test check lint typecheck pytest bench bench-gateway bench-convergence \
-	bench-route bench-affinity bench-transport bench-split bench-threads bench-sim interop \
+	bench-route bench-affinity bench-transport bench-split bench-spec bench-threads bench-sim interop \
 	interop-install clean \
 	relay-install browser-install lab-install soak
 
@@ -97,7 +97,7 @@ interop: install interop-install
 # Benchmarks print ratios against a baseline measured in the same run and
 # write their numbers to docs/benchmarks/, which docs/performance.md quotes.
 bench: bench-gateway bench-route bench-affinity bench-convergence bench-transport bench-split \
-	bench-threads bench-sim
+	bench-spec bench-threads bench-sim
 
 bench-gateway: install
 	$(PY) tests/bench/bench_gateway.py
@@ -116,6 +116,10 @@ bench-transport: install
 
 bench-split: install
 	$(PY) tests/bench/bench_split.py
+
+# Speculative against plain decoding, solo and split; prints copy_ratio free_ratio split_rt_per_token.
+bench-spec: install
+	$(PY) tests/bench/bench_spec.py
 
 bench-threads: install
 	$(PY) tests/bench/bench_threads.py

@@ -13,7 +13,8 @@ Run with ``make bench-split`` (or ``python tests/bench/bench_split.py``). In one
 Generation is measured on the inference children's own ``/generate`` endpoint on both
 paths (no gateway), alternating rounds, each ``--max-tokens`` greedy tokens with the end
 of text banned. Also: load time and bytes through the tunnel at load, with and without
-the file, and bytes and round trips per generated token. Results go to
+the file, and bytes and round trips per generated token, and round trips per token on a
+copy-heavy prompt with and without speculative decoding. Results go to
 ``docs/benchmarks/split.json``.
 
 Target (issue 5): split-over-mesh tokens/s >= 0.90 of direct TCP. ``--transport``
@@ -53,9 +54,19 @@ LISTEN = {
 FAST = ["--heartbeat-interval", "1", "--dead-after", "4"]
 BIAS = {"1": -100, "106": -100}  # gemma's <eos> and <end_of_turn>
 WORDS = ["Once", "Long", "Far", "Deep", "High", "Under", "Beyond", "Every"]
+#: A copy-heavy prompt, where speculative decoding verifies several tokens per decode.
+COPY_PROMPT = (
+    "Repeat this list exactly:\n\n"
+    + "\n".join(
+        f"{i}. item number {i}, colour {c}" for i, c in enumerate(["red", "green", "blue"] * 6)
+    )
+    + "\n\nThe same list:\n\n"
+)
 
 
-def generate(http: httpx.Client, port: int, prompt: str, max_tokens: int) -> dict[str, float]:
+def generate(
+    http: httpx.Client, port: int, prompt: str, max_tokens: int, speculative: bool = True
+) -> dict[str, float]:
     """One streamed completion on an inference child: tokens/s between first and last."""
     body = {
         "model": "m",
@@ -65,10 +76,11 @@ def generate(http: httpx.Client, port: int, prompt: str, max_tokens: int) -> dic
         "stream": True,
         "logit_bias": BIAS,
     }
-    request = parse_request("completion", json.dumps(body).encode())
+    request = json.loads(parse_request("completion", json.dumps(body).encode()).to_worker_json())
+    request["speculative"] = speculative  # the worker's own switch (speculative decoding)
     times = []
     with http.stream(
-        "POST", f"http://127.0.0.1:{port}/generate", content=request.to_worker_json()
+        "POST", f"http://127.0.0.1:{port}/generate", content=json.dumps(request).encode()
     ) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -245,6 +257,16 @@ def main() -> int:
                 / mesh_tokens,
                 "round_trips": (after["round_trips"] - before["round_trips"]) / mesh_tokens,
             }
+            # Round trips per token on a copy-heavy prompt, without and with speculation.
+            result["speculation"] = {}
+            for speculative in (False, True):
+                start = tunnel_totals(a.status())["round_trips"]
+                run = generate(http, ports["mesh"], COPY_PROMPT, args.max_tokens, speculative)
+                trips = tunnel_totals(a.status())["round_trips"] - start
+                result["speculation"]["on" if speculative else "off"] = {
+                    "round_trips_per_token": trips / run["tokens"],
+                    "tok_s": run["tok_s"],
+                }
             for path in ("mesh", "direct"):
                 result.setdefault(path, {})["tok_s"] = statistics.median(rates[path])
                 result[path]["tok_s_runs"] = [round(r, 2) for r in rates[path]]
@@ -292,6 +314,12 @@ def main() -> int:
     print(
         f"per token: {t['bytes_to_worker']:,.0f} B to the worker, "
         f"{t['bytes_from_worker']:,.0f} B back, {t['round_trips']:.2f} round trips"
+    )
+    spec = result["speculation"]
+    print(
+        "copy-heavy prompt, round trips per token: "
+        f"{spec['off']['round_trips_per_token']:.2f} plain ({spec['off']['tok_s']:.1f} tok/s), "
+        f"{spec['on']['round_trips_per_token']:.2f} speculative ({spec['on']['tok_s']:.1f} tok/s)"
     )
     print(f"tok_s_ratio={ratio:.3f} (target >= 0.90)  {'PASS' if result['pass'] else 'MISS'}")
     write_result(args.out, result)
