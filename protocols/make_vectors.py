@@ -242,7 +242,7 @@ def gossip_vectors() -> list[dict[str, Any]]:
         vector("tick (heartbeat while two views agree)", _gossip.Tick(root_of(buckets)).to_map()),
         vector(
             "demand (one push-sum share)",
-            _gossip.DemandShare(14_723, 0.5, {"gemma-3-270m-Q4_K_M": 12.5, "qwen": 3.0}).to_map(),
+            _gossip.DemandShare(14_723, 0.5, {"gemma-3-270m-Q4_K_M": 12.5, "qwen": 3.25}).to_map(),
         ),
     ]
 
