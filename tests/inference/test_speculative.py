@@ -18,6 +18,7 @@ from meshp2p.inference._models import ModelStore
 from meshp2p.inference._speculative import (
     DRAFT_MAX,
     DRAFT_START,
+    MIN_ACCEPTANCE,
     DraftModelProposer,
     DraftPolicy,
     NgramProposer,
@@ -71,24 +72,23 @@ def test_ngram_lengths_are_checked() -> None:
 def test_draft_length_grows_on_acceptance_and_shrinks_on_rejection() -> None:
     policy = DraftPolicy()
     assert policy.next() == DRAFT_START
-    policy.record_draft(DRAFT_START, DRAFT_START, 0.01)
+    policy.record_draft(DRAFT_START, DRAFT_START)
     assert policy.next() == 2 * DRAFT_START
     for _ in range(10):
-        policy.record_draft(policy.k, policy.k, 0.01)
+        policy.record_draft(policy.k, policy.k)
     assert policy.next() == DRAFT_MAX
-    policy.record_draft(DRAFT_MAX, 2, 0.01)
-    assert policy.next() == 3
+    policy.record_draft(DRAFT_MAX, 12)  # most held: no pause, a shorter draft
+    assert policy.next() == 13
 
 
-def test_drafting_pauses_while_slower_than_plain_decoding_and_retries() -> None:
+def test_drafting_pauses_while_too_few_guesses_hold_and_retries() -> None:
     policy = DraftPolicy()
-    policy.record_plain(0.01)  # 100 tokens/s plainly
-    policy.record_draft(4, 0, 0.02)  # 50 tokens/s while guessing wrong
+    policy.record_draft(4, 1)  # a quarter held: below MIN_ACCEPTANCE
     pauses = 0
     while policy.next() == 0:
         pauses += 1
     assert pauses == 8
-    policy.record_draft(4, 0, 0.02)
+    policy.record_draft(4, 0)
     pauses = 0
     while policy.next() == 0:
         pauses += 1
@@ -99,8 +99,9 @@ def test_drafting_pauses_while_slower_than_plain_decoding_and_retries() -> None:
 
 def test_drafting_that_pays_is_not_paused() -> None:
     policy = DraftPolicy()
-    policy.record_plain(0.01)
-    policy.record_draft(4, 4, 0.015)  # 5 tokens in 15 ms
+    policy.record_draft(4, 4)
+    policy.record_draft(8, 5)
+    assert policy.acceptance is not None and policy.acceptance >= MIN_ACCEPTANCE
     assert policy.next() > 0
 
 
@@ -220,8 +221,9 @@ def test_draft_model_speculation_gives_the_plain_text(pair: tuple[Any, Any]) -> 
     off = Engine(target, speculative=False)
     params = {"prompt": prompt, "max_tokens": 40, "temperature": 0}
     assert finish(on, params).text == finish(off, params).text
+    # Random weights leave many near ties, which the guard evaluates alone: some held.
     assert on.speculation.drafted > 0
-    assert on.speculation.accepted >= on.speculation.drafted // 2
+    assert on.speculation.accepted > 0
 
 
 def test_greedy_with_a_logit_bias_speculates_and_gives_the_plain_text(gemma: Any) -> None:
