@@ -30,7 +30,10 @@ from meshp2p.inference._speculative import (
 CODE = "\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}  # step {i}" for i in range(10))
 COPY_PROMPT = f"Rewrite this code, renaming f7 to g7:\n\n{CODE}\n\nRewritten:\n\n"
 JSON_PROMPT = '{"name": "Ada", "age": 36, "city": "London"}\nThe same JSON with age 37:\n'
-FREE_PROMPTS = ["The capital of France is", "Once upon a time", "def fib(n):"]
+# Not "def fib(n):": its 42nd greedy token is a near tie ("elif" leads "else" by 0.066),
+# which the last bits of a KV cache written by batches turn the other way
+# (docs/performance.md, Speculative decoding: "Same text?").
+FREE_PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):"]
 
 
 # -- the n-gram proposer ---------------------------------------------------------------
