@@ -28,8 +28,10 @@ FAST = ["--heartbeat-interval", "1", "--dead-after", "4"]
 class LabNode(NodeProcess):
     """A node run with ``ip netns exec``; its APIs are reached from inside its namespace."""
 
-    def __init__(self, host: Host, home: Path, args: list[str]) -> None:
-        super().__init__(home, [*ANY, *args], wrap=host.wrap())
+    def __init__(
+        self, host: Host, home: Path, args: list[str], listen: list[str] | None = None
+    ) -> None:
+        super().__init__(home, [*(ANY if listen is None else listen), *args], wrap=host.wrap())
         self.host = host
 
     def status(self) -> dict[str, Any]:

@@ -46,8 +46,9 @@ END_OF_TEXT_BANNED = {"1": -100, "106": -100}
 
 
 class Soak:
-    def __init__(self, lab: Lab, model: Path, workdir: Path) -> None:
+    def __init__(self, lab: Lab, model: Path, workdir: Path, tcp_only: bool = False) -> None:
         self.lab = lab
+        self.listen = ["--listen", "/ip4/0.0.0.0/tcp/0"] if tcp_only else None
         self.workdir = workdir
         self.model_args = ["--model", str(model), *FAST]
         self.nodes: list[NodeProcess] = []
@@ -83,7 +84,7 @@ class Soak:
 
     def start(self, host: Host, args: list[str]) -> LabNode:
         home = self.homes.setdefault(host.name, Path(tempfile.mkdtemp(dir=self.workdir)))
-        node = LabNode(host, home, args)
+        node = LabNode(host, home, args, listen=self.listen)
         self.nodes.append(node)
         return node
 
@@ -224,6 +225,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--tcp-only", action="store_true", help="nodes listen on TCP only")
     args = parser.parse_args()
     try:
         lab = Lab(tag="soak")
@@ -234,7 +236,7 @@ def main() -> int:
     soak: Soak | None = None
     try:
         model = ModelStore(workdir / "models").ensure_default().path
-        soak = Soak(lab, model, workdir)
+        soak = Soak(lab, model, workdir, tcp_only=args.tcp_only)
         counts = soak.run(args.seconds, args.seed)
     finally:
         if soak is not None:
