@@ -23,6 +23,7 @@ from ._speculative import (
     NgramProposer,
     Proposer,
     SpeculationStats,
+    batches_exact,
     decode_tokens,
     first_of,
 )
@@ -354,11 +355,13 @@ class Engine:
         them, and with a seed it draws once for each too, so the tokens after them are
         those of the run they came from.
 
-        Each replayed token is evaluated alone, as generation did: in one batch, the
-        logits differ from a token-by-token run's in their last bits, and that is enough
-        to change a sampled token now and then, or a greedy one at a near tie. Without
-        sampling the cost is about a third of generating them (measured in
-        docs/routing.md)."""
+        Greedy, on a model whose batches are exact (``batches_exact``: the worker's),
+        the prompt and the replayed tokens are one prefill. Otherwise each replayed
+        token is evaluated alone, as generation did: in one batch of a model loaded
+        otherwise, the logits differ from a token-by-token run's in their last bits,
+        and that is enough to change a greedy token at a near tie; and a seeded
+        sampler draws from each position's logits. That costs about a third of
+        generating them (measured in docs/routing.md)."""
         import ctypes
 
         import llama_cpp
@@ -373,7 +376,16 @@ class Engine:
         candidates = _internals.LlamaTokenDataArray(n_vocab=n_vocab) if draws else None
         try:
             llama.reset()
-            llama.eval(list(prompt))
+            if not draws and batches_exact(llama):
+                # Exact batches (the worker's models): greedy replay is one prefill.
+                replay = list(pending)
+                for token in replay:
+                    sampler.accept(token)
+                    yield _REPLAYED
+                llama.eval([*prompt, *replay])
+                pending.clear()
+            else:
+                llama.eval(list(prompt))
             while pending:
                 token = pending[0]
                 if candidates is not None:
@@ -411,7 +423,9 @@ class Engine:
         if self.draft is not None:
             proposer = first_of(proposer, DraftModelProposer(self.draft))
         self._policy.begin()
-        guard = GREEDY_GUARD if req.sampling["temp"] <= 0 else None
+        # Batches that are not exact need the guard at greedy near ties.
+        exact = batches_exact(self.llama)
+        guard = GREEDY_GUARD if req.sampling["temp"] <= 0 and not exact else None
         return decode_tokens(
             self.llama,
             prompt,

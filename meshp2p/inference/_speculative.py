@@ -28,7 +28,8 @@ from .._errors import WorkerError
 NGRAM_MAX = 4
 NGRAM_MIN = 2
 #: A greedy token whose logit leads the next by less than this is not taken from a
-#: batch (``decode_tokens``' guard): batches moved logits of gemma-3-270m by up to 1.2.
+#: batch (``decode_tokens``' guard) of a model whose batches are not exact
+#: (``batches_exact``): there, batches moved logits of gemma-3-270m by up to 1.4.
 GREEDY_GUARD = 1.0
 #: Below this share of guesses accepted (on average), drafting pauses. Measured on
 #: gemma-3-270m, one CPU thread: a decode of 1 + k tokens costs about 1 + 0.45 k
@@ -297,6 +298,25 @@ def _margin(llama: Any, index: int, processor: Any | None) -> float:
     second = float(logits.max())
     logits[best] = top
     return top - second
+
+
+def batches_exact(llama: Any) -> bool:
+    """Whether a decode of several tokens gives ``llama`` the same logits and cache as
+    one token at a time, bit for bit. On llama.cpp's CPU backend that takes both CPU
+    repacking off (its repacked kernels take another path for one token than for
+    several) and flash attention on (the plain attention path sums in another order
+    once the cache passes ~64 tokens); the worker loads models so
+    (``_worker_child.load_model``; ``tests/inference/test_speculative.py`` checks it)."""
+    import llama_cpp
+
+    model = getattr(llama, "model_params", None)
+    context = getattr(llama, "context_params", None)
+    if model is None or context is None:
+        return False
+    return (
+        not bool(model.use_extra_bufts)
+        and context.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    )
 
 
 def decode_tokens(

@@ -456,6 +456,9 @@ def load_model(
 
     CPU repacking is off either way: a worker's plain CPU buffers compute slightly
     different floats than repacked ones, and a split must answer exactly as a solo run.
+    Flash attention is on: with both, a decode of many tokens computes the same logits
+    and cache as one token at a time, bit for bit (``batches_exact``), so speculative
+    decoding and a resumed answer's replay give the text plain decoding gives.
     A split keeps the output layer and embeddings on this host (``split_model_params``).
     """
     from ._llamacpp import OUTPUT_TENSORS, register_rpc_servers, split_model_params
@@ -472,6 +475,7 @@ def load_model(
             n_threads_batch=threads_batch or threads,
             n_gpu_layers=n_gpu_layers if rpc else -1,
             tensor_split=tensor_split if rpc else None,
+            flash_attn=True,
             verbose=False,
         )
 

@@ -23,17 +23,18 @@ from meshp2p.inference._speculative import (
     DraftPolicy,
     NgramProposer,
     SpeculationStats,
+    batches_exact,
     check_vocabularies,
     decode_tokens,
 )
+from meshp2p.inference._worker_child import load_model
 
 CODE = "\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}  # step {i}" for i in range(10))
 COPY_PROMPT = f"Rewrite this code, renaming f7 to g7:\n\n{CODE}\n\nRewritten:\n\n"
 JSON_PROMPT = '{"name": "Ada", "age": 36, "city": "London"}\nThe same JSON with age 37:\n'
-# Not "def fib(n):": its 42nd greedy token is a near tie ("elif" leads "else" by 0.066),
-# which the last bits of a KV cache written by batches turn the other way
-# (docs/performance.md, Speculative decoding: "Same text?").
-FREE_PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):"]
+# "def fib(n):": its 42nd greedy token is a near tie ("elif" leads "else" by 0.066),
+# which a model loaded with inexact batches turns the other way; the worker's are exact.
+FREE_PROMPTS = ["The capital of France is", "Once upon a time", "def fib(n):"]
 
 
 # -- the n-gram proposer ---------------------------------------------------------------
@@ -112,9 +113,42 @@ def test_drafting_that_pays_is_not_paused() -> None:
 
 
 @pytest.fixture(scope="module")
-def gemma(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    path = ModelStore(tmp_path_factory.mktemp("home")).ensure_default().path
-    return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=1, verbose=False)
+def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ModelStore(tmp_path_factory.mktemp("home")).ensure_default().path
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma_path: Path) -> Any:
+    """Loaded as a worker loads it: exact batches."""
+    return load_model(str(gemma_path), threads=1, ctx_size=1024)
+
+
+def test_a_worker_model_decodes_a_batch_as_it_decodes_tokens_one_by_one(gemma: Any) -> None:
+    assert batches_exact(gemma)
+    tokens = gemma.tokenize(("\n".join([CODE, JSON_PROMPT, CODE])).encode(), add_bos=True)
+    assert len(tokens) > 200  # the plain attention path differs past ~64 tokens
+    head, tail = tokens[:-6], tokens[-6:]
+    gemma.reset()
+    gemma.eval(head)
+    one_by_one = []
+    for token in tail:
+        gemma.eval([token])
+        one_by_one.append(list(gemma._ctx.get_logits_ith(-1)[: gemma.n_vocab()]))
+    gemma.reset()
+    gemma.eval(head)
+    gemma._batch.set_batch(batch=tail, n_past=gemma.n_tokens, logits_all=True)
+    gemma._ctx.decode(gemma._batch)
+    batched = [list(gemma._ctx.get_logits_ith(i)[: gemma.n_vocab()]) for i in range(len(tail))]
+    assert batched == one_by_one  # bit for bit
+
+
+def test_a_model_loaded_plainly_is_not_taken_as_exact(gemma_path: Path) -> None:
+    plain = llama_cpp.Llama(model_path=str(gemma_path), n_ctx=512, n_threads=1, verbose=False)
+    assert not batches_exact(plain)
+    # The near-tie guard keeps its greedy text where the free prompts go.
+    on, off = Engine(plain), Engine(plain, speculative=False)
+    params = {"prompt": "def fibonacci(n):", "max_tokens": 48, "temperature": 0}
+    assert finish(on, params).text == finish(off, params).text
 
 
 def finish(engine: Engine, params: dict[str, Any]) -> Finish:
