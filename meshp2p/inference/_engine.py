@@ -17,6 +17,7 @@ from typing import Any
 
 from ..api._openai import ApiError
 from ._speculative import (
+    EXACT_BATCH,
     GREEDY_GUARD,
     DraftModelProposer,
     DraftPolicy,
@@ -356,7 +357,7 @@ class Engine:
         those of the run they came from.
 
         Greedy, on a model whose batches are exact (``batches_exact``: the worker's),
-        the prompt and the replayed tokens are one prefill. Otherwise each replayed
+        the replayed tokens go in batches of ``EXACT_BATCH``. Otherwise each replayed
         token is evaluated alone, as generation did: in one batch of a model loaded
         otherwise, the logits differ from a token-by-token run's in their last bits,
         and that is enough to change a greedy token at a near tie; and a seeded
@@ -376,16 +377,18 @@ class Engine:
         candidates = _internals.LlamaTokenDataArray(n_vocab=n_vocab) if draws else None
         try:
             llama.reset()
+            llama.eval(list(prompt))
             if not draws and batches_exact(llama):
-                # Exact batches (the worker's models): greedy replay is one prefill.
+                # Exact batches (the worker's models): greedy replay in batches that
+                # compute what one-token decodes did.
                 replay = list(pending)
-                for token in replay:
-                    sampler.accept(token)
-                    yield _REPLAYED
-                llama.eval([*prompt, *replay])
+                for start in range(0, len(replay), EXACT_BATCH):
+                    chunk = replay[start : start + EXACT_BATCH]
+                    for token in chunk:
+                        sampler.accept(token)
+                        yield _REPLAYED
+                    llama.eval(chunk)
                 pending.clear()
-            else:
-                llama.eval(list(prompt))
             while pending:
                 token = pending[0]
                 if candidates is not None:
@@ -426,6 +429,7 @@ class Engine:
         # Batches that are not exact need the guard at greedy near ties.
         exact = batches_exact(self.llama)
         guard = GREEDY_GUARD if req.sampling["temp"] <= 0 and not exact else None
+        max_step = EXACT_BATCH if exact else None
         return decode_tokens(
             self.llama,
             prompt,
@@ -435,6 +439,7 @@ class Engine:
             self._policy,
             self.speculation,
             guard,
+            max_step,
         )
 
     def generate(

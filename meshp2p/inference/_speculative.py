@@ -300,13 +300,20 @@ def _margin(llama: Any, index: int, processor: Any | None) -> float:
     return top - second
 
 
+#: The most tokens one decode may hold and still compute, bit for bit, what one-token
+#: decodes compute (on a model for which ``batches_exact``): from 8 tokens llama.cpp's
+#: CPU matrix product takes another path (gemma-3-270m: logits ~1.0 apart).
+EXACT_BATCH = 7
+
+
 def batches_exact(llama: Any) -> bool:
-    """Whether a decode of several tokens gives ``llama`` the same logits and cache as
-    one token at a time, bit for bit. On llama.cpp's CPU backend that takes both CPU
-    repacking off (its repacked kernels take another path for one token than for
-    several) and flash attention on (the plain attention path sums in another order
-    once the cache passes ~64 tokens); the worker loads models so
-    (``_worker_child.load_model``; ``tests/inference/test_speculative.py`` checks it)."""
+    """Whether a decode of up to ``EXACT_BATCH`` tokens gives ``llama`` the same logits
+    and cache as one token at a time, bit for bit. On llama.cpp's CPU backend that
+    takes CPU repacking off (its repacked kernels take another path for one token
+    than for several), flash attention on (the plain attention path sums in another
+    order once the cache passes ~64 tokens), and batches of at most ``EXACT_BATCH``;
+    the worker loads models so (``_worker_child.load_model``;
+    ``tests/inference/test_speculative.py`` checks it)."""
     import llama_cpp
 
     model = getattr(llama, "model_params", None)
@@ -328,6 +335,7 @@ def decode_tokens(
     policy: DraftPolicy | None,
     stats: SpeculationStats,
     guard: float | None = None,
+    max_step: int | None = None,
 ) -> Generator[int, None, None]:
     """The tokens that ``llama.generate(prompt, grammar=grammar, **sampling)`` yields,
     verifying guesses of ``proposer`` in batches when ``policy`` says so.
@@ -338,7 +346,8 @@ def decode_tokens(
 
     ``guard`` (greedy requests): a position of the batch whose best logit leads the
     next by less than this is evaluated again alone, so that the last bits in which a
-    batch differs cannot turn a near tie the other way.
+    batch differs cannot turn a near tie the other way. ``max_step``: the most tokens
+    a verification decodes (``EXACT_BATCH`` keeps batches exact).
     """
     sampler = llama._init_sampler(grammar=grammar, **sampling)
     llama._sampler = sampler
@@ -356,7 +365,8 @@ def decode_tokens(
         room = llama._n_ctx - llama.n_tokens - 1
         if room < 0:
             return
-        k = min(policy.next(), room, llama.n_batch - 1) if drafting else 0  # type: ignore[union-attr]
+        most = min(room, llama.n_batch - 1, (max_step or llama.n_batch) - 1)
+        k = min(policy.next(), most) if drafting else 0  # type: ignore[union-attr]
         guesses = proposer.propose(text, k)[:k] if k > 0 else []  # type: ignore[union-attr]
         if not guesses:
             llama.eval([token])

@@ -4,6 +4,7 @@ synthetic target/draft pair written with gguf's writer (the draft-model path).""
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from meshp2p.inference._models import ModelStore
 from meshp2p.inference._speculative import (
     DRAFT_MAX,
     DRAFT_START,
+    EXACT_BATCH,
     MIN_ACCEPTANCE,
     DraftModelProposer,
     DraftPolicy,
@@ -127,7 +129,7 @@ def test_a_worker_model_decodes_a_batch_as_it_decodes_tokens_one_by_one(gemma: A
     assert batches_exact(gemma)
     tokens = gemma.tokenize(("\n".join([CODE, JSON_PROMPT, CODE])).encode(), add_bos=True)
     assert len(tokens) > 200  # the plain attention path differs past ~64 tokens
-    head, tail = tokens[:-6], tokens[-6:]
+    head, tail = tokens[:-EXACT_BATCH], tokens[-EXACT_BATCH:]
     gemma.reset()
     gemma.eval(head)
     one_by_one = []
@@ -140,6 +142,24 @@ def test_a_worker_model_decodes_a_batch_as_it_decodes_tokens_one_by_one(gemma: A
     gemma._ctx.decode(gemma._batch)
     batched = [list(gemma._ctx.get_logits_ith(i)[: gemma.n_vocab()]) for i in range(len(tail))]
     assert batched == one_by_one  # bit for bit
+
+
+def test_greedy_text_at_a_near_tie_deep_in_a_copy_is_the_same(gemma: Any) -> None:
+    """bench_spec's Python file: 80 tokens in, plain decoding writes `count: int = 0`
+    by a margin of 0.047; a verification batch of 8 or more tokens wrote `1`."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_spec", Path(__file__).parents[1] / "bench" / "bench_spec.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    on, off = Engine(gemma), Engine(gemma, speculative=False)
+    params = {"prompt": bench.PROMPTS["copy"][0], "max_tokens": 96, "temperature": 0}
+    plain = finish(off, params)
+    fast = finish(on, params)
+    assert "count: int = 0" in plain.text
+    assert fast.text == plain.text
+    assert on.speculation.accepted > 48
 
 
 def test_a_model_loaded_plainly_is_not_taken_as_exact(gemma_path: Path) -> None:
