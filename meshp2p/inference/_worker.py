@@ -288,14 +288,9 @@ class InferenceWorker:
 async def ready_event(process: trio.Process) -> dict[str, Any] | None:
     """The child's ``{"event": "ready", ...}`` line from its stdout; None if stdout ends
     first (it exited). Callers bound the wait."""
-    assert process.stdout is not None
-    buffer = b""
-    async for chunk in process.stdout:
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            event = _parse_event(line)
-            if event and event.get("event") == "ready":
+    async with aclosing(child_events(process)) as events:
+        async for event in events:
+            if event.get("event") == "ready":
                 return event
     return None
 
@@ -321,8 +316,8 @@ async def _run_process(
 
 
 async def child_events(process: trio.Process) -> AsyncGenerator[dict[str, Any], None]:
-    """The JSON object lines the child prints after its ready line, until stdout ends.
-    Lines are bounded: a longer one is dropped, not buffered."""
+    """The JSON object lines the child prints (its ready line, then its events), until
+    stdout ends. Lines are bounded: a longer one is dropped, not buffered."""
     assert process.stdout is not None
     buffer = b""
     async for chunk in process.stdout:
