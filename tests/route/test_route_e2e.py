@@ -16,7 +16,9 @@ pytestmark = pytest.mark.e2e
 
 DEFAULT = "gemma-3-270m-Q4_K_M"
 TOOLS = "gemma-tools-Q4_K_M"
-FAST = ["--heartbeat-interval", "1", "--dead-after", "4"]
+# Speculation off: the relay checks below time tokens one by one, and speculative
+# decoding sends the tokens of a verification together.
+FAST = ["--heartbeat-interval", "1", "--dead-after", "4", "--no-speculative"]
 # Gemma's <eos> and <end_of_turn>: banned, a generation runs to max_tokens.
 END_OF_TEXT_BANNED = {"1": -100, "106": -100}
 
@@ -83,12 +85,10 @@ def test_client_reaches_every_model_and_fails_over(
         assert text
         # Relayed as generated, not buffered: the pieces arrive spread over the
         # generation (a buffered relay delivers them all within a millisecond).
-        # Speculative decoding sends the tokens of one verification together, so
-        # pieces come in bursts, but the bursts are spread.
         assert len(times) > 5
         assert times[-1] - times[0] > 0.1
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-        assert sum(gap > 0.005 for gap in gaps) >= 3
+        assert sum(gap > 0.005 for gap in gaps) > len(gaps) / 2
     # Another spelling of a model's name: the node it is forwarded to sees the real id.
     reply = client.chat.completions.create(
         model=DEFAULT.upper(), messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
