@@ -27,7 +27,7 @@ from ._openai import (
     _positive_int,
     _unsupported,
 )
-from ._shapes import Ending, sse_event
+from ._shapes import Ending, function_tool, sse_event
 
 MAX_MESSAGES = 4096
 MAX_TOOLS = 128
@@ -256,10 +256,7 @@ def _tools(body: Mapping[str, Any], params: dict[str, Any]) -> list[str]:
             raise _bad(f"'tools[{i}].name' must be a non-empty string", "tools")
         if not isinstance(schema, dict):
             raise _bad(f"'tools[{i}].input_schema' must be a JSON schema object", "tools")
-        function: dict[str, Any] = {"name": name, "parameters": schema}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        functions.append({"type": "function", "function": function})
+        functions.append(function_tool(name, schema, tool.get("description")))
     if functions:
         params["tools"] = functions
         if choice is not None:

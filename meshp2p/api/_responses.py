@@ -27,7 +27,7 @@ from ._openai import (
     _response_format,
     _unsupported,
 )
-from ._shapes import Ending, sse_event
+from ._shapes import Ending, function_tool, sse_event
 
 MAX_INPUT_ITEMS = 4096
 MAX_TOOLS = 128
@@ -228,10 +228,8 @@ def _tools(body: Mapping[str, Any], params: dict[str, Any]) -> list[str]:
             raise _bad(f"'tools[{i}].name' must be a non-empty string", "tools")
         if parameters is not None and not isinstance(parameters, dict):
             raise _bad(f"'tools[{i}].parameters' must be a JSON schema object", "tools")
-        function: dict[str, Any] = {"name": name, "parameters": parameters or {"type": "object"}}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        functions.append({"type": "function", "function": function})
+        schema = parameters or {"type": "object"}
+        functions.append(function_tool(name, schema, tool.get("description")))
     if functions:
         params["tools"] = functions
         if choice is not None:

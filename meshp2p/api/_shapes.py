@@ -63,6 +63,15 @@ class AnswerShaper(Protocol):
         ...
 
 
+def function_tool(name: str, parameters: dict[str, Any], description: Any) -> dict[str, Any]:
+    """A tool of another API's request as a chat-completions function tool, the shape
+    the engine takes; the description only where it is text."""
+    function: dict[str, Any] = {"name": name, "parameters": parameters}
+    if isinstance(description, str):
+        function["description"] = description
+    return {"type": "function", "function": function}
+
+
 def sse_event(name: str, obj: Any) -> bytes:
     """One server-sent event with an ``event:`` name, as the Responses and Messages APIs
     send them (Anthropic's SDK reads only named events)."""
