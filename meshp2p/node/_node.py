@@ -252,23 +252,20 @@ class Node:
 
     def _request_rates(self) -> Mapping[str, float]:
         """The rates we announce: all of them in a small mesh; in a large one only those
-        for models nobody serves yet, once per model (the rest goes by push-sum)."""
+        for models nobody serves yet, once per model (the rest goes by push-sum).
+        Demand for a model no node serves or loads is announced at once."""
         now = trio.current_time()
-        rates, unhosted = self.demand.rates(now), self._unhosted()
-        if self.mesh is not None and self.mesh.large:
+        rates = self.demand.rates(now)
+        hosted = set(self.router.models()) if self.router is not None else set()
+        view = self.mesh.view() if self.mesh is not None else None
+        if view is not None:
+            hosted.update(m for p in view for m in p.models_loading)
+        unhosted = set(rates) - hosted
+        if self.mesh is not None and view is not None and self.mesh.large:
             mine = self._announced_rates.current
-            elsewhere = {
-                m for p in self.mesh.view() if p.id != self.mesh.node_id for m in p.request_rates
-            }
+            elsewhere = {m for p in view if p.id != self.mesh.node_id for m in p.request_rates}
             rates = wanted_only(rates, unhosted, mine, elsewhere)
         return self._announced_rates.update(rates, now, unhosted)
-
-    def _unhosted(self) -> set[str]:
-        """Models with demand here that no node serves or loads (announced at once)."""
-        hosted = set(self.router.models()) if self.router is not None else set()
-        if self.mesh is not None:
-            hosted.update(m for p in self.mesh.view() for m in p.models_loading)
-        return set(self.demand.rates(trio.current_time())) - hosted
 
     def memory_total(self) -> int:
         """The memory this node offers: ``--max-vram``, else what the machine has."""
