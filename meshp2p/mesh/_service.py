@@ -58,6 +58,7 @@ from ._gossip import (
 )
 from ._invite import InviteToken, MeshCredentials
 from ._kad import MeshKad, on_disk_key, served_key
+from ._lazy import LazyPush
 from ._overlay import FULL_DIGEST_NODES, overlay_targets
 from ._pushsum import EPOCH_HEARTBEATS, PushSum
 from ._relay import MeshRelay, conn_is_relayed, connection_path, split_addrs
@@ -207,6 +208,11 @@ class MeshService:
         self.counters = dict.fromkeys(
             ("frames_sent", "bytes_sent", "frames_received", "bytes_received"), 0
         )
+        #: Frames and bytes queued for sending, by message type ("advert": a one-entry
+        #: digest relaying an announcement in a large mesh).
+        self.sent_by_kind: dict[str, dict[str, int]] = {}
+        #: Relays in a large mesh: ids first, bodies on request (``_lazy``).
+        self.lazy = LazyPush()
 
     @classmethod
     def on_host(cls, host: IHost, credentials: MeshCredentials, **options: Any) -> MeshService:
@@ -413,6 +419,7 @@ class MeshService:
         """Drop a member that left or died: its link, and its connection, which a dead
         peer's QUIC would otherwise keep open until its idle timeout."""
         self.members.pop(peer, None)
+        self.lazy.forget((peer.to_base58(),))
         link = self._links.pop(peer, None)
         if link is not None:
             link.send.close()
@@ -576,14 +583,14 @@ class MeshService:
             self._changed = trio.Event()
             now = trio.current_time()
             if self._refresh_own() and self._own is not None:
-                self._broadcast(encode_frame(Announce(self._own).to_map()))
+                self._broadcast(encode_frame(Announce(self._own).to_map()), "announce")
             if now < next_beat:
                 continue
             next_beat = now + self.heartbeat_interval
             self.state.mark_seen(self.node_id, now)
             for link in list(self._links.values()):
-                for frame in self._heartbeat_frames(link):
-                    self._send(link, frame)
+                for kind, frame in self._heartbeat_frames(link):
+                    self._send(link, frame, kind)
             self._share_demand()
             self._connect_to_known(now)
             self._redial_graves(now)
@@ -591,7 +598,7 @@ class MeshService:
                 for peer in list(self.members):
                     self._nursery.start_soon(self._measure_rtt, peer)
 
-    def _heartbeat_frames(self, link: _Link | None = None) -> list[bytes]:
+    def _heartbeat_frames(self, link: _Link | None = None) -> list[tuple[str, bytes]]:
         """Full digests in a small mesh; in a large one (or to a peer that sends us
         Summaries) a Summary of 16 short hashes, answered with digests of the buckets
         that differ."""
@@ -601,9 +608,9 @@ class MeshService:
             # answers with its Summary, so a change costs buckets only where it is
             # missed, not on every link.
             if link is not None and link.peer_root is not None:
-                return [encode_frame(Tick(self.state.root()).to_map())]
-            return [encode_frame(Summary(self.state.summary()).to_map())]
-        return [encode_frame(d.to_map()) for d in _gossip.digests(entries)]
+                return [("tick", encode_frame(Tick(self.state.root()).to_map()))]
+            return [("summary", encode_frame(Summary(self.state.summary()).to_map()))]
+        return [("digest", encode_frame(d.to_map())) for d in _gossip.digests(entries)]
 
     def _share_demand(self) -> None:
         """In a large mesh, half of our push-sum mass to one random link."""
@@ -611,7 +618,7 @@ class MeshService:
             return
         link = secrets.choice(list(self._links.values()))
         epoch, weight, sums = self.demand.share(time.time(), self.local_demand())
-        self._send(link, encode_frame(DemandShare(epoch, weight, sums).to_map()))
+        self._send(link, encode_frame(DemandShare(epoch, weight, sums).to_map()), "demand")
 
     async def _reaper(self) -> None:
         """Bury peers silent for ``dead_after``, checked every second, not every heartbeat:
@@ -623,6 +630,11 @@ class MeshService:
             self._bury(
                 self.state.expire(now, self.dead_after, STALE_AFTER_FACTOR * self.dead_after)
             )
+            # Wants that an advertiser left unanswered go to the next one that advertised.
+            for peer, node_ids in self.lazy.retries(now).items():
+                link = self._links.get(ID.from_base58(peer))
+                if link is not None:
+                    self._send(link, encode_frame(Want(tuple(node_ids)).to_map()), "want")
 
     def _bury(self, node_ids: Iterable[str]) -> None:
         """Tell the mesh these peers are dead, and drop them here."""
@@ -631,7 +643,7 @@ class MeshService:
                 continue
             log.warning("peer %s stopped answering; declaring it dead", node_id)
             dead = self.state.dead().get(node_id, 0)
-            self._broadcast(encode_frame(Dead(node_id, dead).to_map()))
+            self._broadcast(encode_frame(Dead(node_id, dead).to_map()), "dead")
             self._forget(ID.from_base58(node_id))
 
     async def _probe(self, peer: ID) -> None:
@@ -648,7 +660,7 @@ class MeshService:
         held = self.state.announcement(node_id)
         if held is not None and self.state.apply_dead(node_id, held.seq, trio.current_time()):
             log.warning("peer %s is gone (link broken, no answer to pings)", node_id)
-            self._broadcast(encode_frame(Dead(node_id, held.seq).to_map()))
+            self._broadcast(encode_frame(Dead(node_id, held.seq).to_map()), "dead")
             self._forget(peer)
 
     def _redial_graves(self, now: float) -> None:
@@ -727,27 +739,59 @@ class MeshService:
                 return True
         return False
 
-    def _send(self, link: _Link, frame: bytes) -> None:
+    def _count(self, kind: str, frame: bytes) -> None:
+        counted = self.sent_by_kind.setdefault(kind, {"frames": 0, "bytes": 0})
+        counted["frames"] += 1
+        counted["bytes"] += len(frame)
+
+    def _send(self, link: _Link, frame: bytes, kind: str) -> None:
+        """Queue ``frame`` (a message of type ``kind``, for ``sent_by_kind``) on ``link``."""
         try:
             link.send.send_nowait(frame)
+            self._count(kind, frame)
         except trio.WouldBlock:
             log.warning("peer %s is not reading its gossip; dropping the link", link.peer)
             self._drop_link(link)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._drop_link(link)
 
-    def _broadcast(self, frame: bytes, *, skip: ID | None = None) -> None:
+    def _broadcast(
+        self,
+        frame: bytes,
+        kind: str,
+        *,
+        skip: ID | None = None,
+        holders: frozenset[str] = frozenset(),
+    ) -> None:
         """Send to every link; a relay (``skip``: the sender) in a large mesh only to
         the links we chose (our overlay targets, bootstrap peers): a random 8-out
         graph, which reaches every node as surely as the whole overlay (a node that
         no other node chose is one in e^8), at half the messages. What a relay
-        misses, heartbeats repair (Tick, Summary, digests)."""
+        misses, heartbeats repair (Tick, Summary, digests). Peers in ``holders``
+        (base58) have what the frame carries already and are skipped too."""
         if self._leaving:
             return
         relay_out_only = skip is not None and self.large
         for link in list(self._links.values()):
-            if link.peer != skip and (link.initiated or not relay_out_only):
-                self._send(link, frame)
+            if link.peer == skip or not (link.initiated or not relay_out_only):
+                continue
+            if holders and link.peer.to_base58() in holders:
+                continue
+            self._send(link, frame, kind)
+
+    def _relay_announcement(self, message: Announce, sender: ID) -> None:
+        """Pass on an announcement we just stored: whole in a small mesh; in a large
+        one as a one-entry digest (``_lazy``: a peer that lacks it Wants the body),
+        never to a peer known to hold it."""
+        ann = message.announcement
+        holders = self.lazy.holders(ann.node_id, ann.seq)
+        if self.large:
+            advert = encode_frame(Digest({ann.node_id: ann.seq}).to_map())
+            self._broadcast(advert, "advert", skip=sender, holders=holders)
+        else:
+            self._broadcast(
+                encode_frame(message.to_map()), "announce", skip=sender, holders=holders
+            )
 
     def _drop_link(self, link: _Link) -> None:
         if self._links.get(link.peer) is link:
@@ -760,9 +804,12 @@ class MeshService:
         self._links[peer] = link
         # Open with our view: our own announcement first, then what we hold.
         if self._own is not None:
-            send.send_nowait(encode_frame(Announce(self._own).to_map()))
-        for frame in self._heartbeat_frames():
+            own = encode_frame(Announce(self._own).to_map())
+            send.send_nowait(own)
+            self._count("announce", own)
+        for kind, frame in self._heartbeat_frames():
             send.send_nowait(frame)
+            self._count(kind, frame)
         try:
             with trio.fail_after(_DIAL_TIMEOUT):
                 link.stream = await self.host.new_stream(peer, [GOSSIP])
@@ -825,12 +872,15 @@ class MeshService:
             log.info("ignoring malformed gossip from %s: %s", sender, exc)
             return
         link = self._links.get(sender)
+        peer = sender.to_base58()
         if isinstance(message, Announce):
             ann = message.announcement
             if ann.node_id == self.node_id:
                 return
+            self.lazy.heard(peer, ann.node_id, ann.seq)
             if self.state.apply_announcement(ann, now):
-                self._broadcast(encode_frame(message.to_map()), skip=sender)
+                self.lazy.got(ann.node_id, ann.seq)
+                self._relay_announcement(message, sender)
                 self._connect_to_known(now)
                 self.on_change()
         elif isinstance(message, Tick):
@@ -847,7 +897,7 @@ class MeshService:
             link.mismatches += 1
             if link.mismatches >= 2:
                 link.mismatches = 0
-                self._send(link, encode_frame(Summary(self.state.summary()).to_map()))
+                self._send(link, encode_frame(Summary(self.state.summary()).to_map()), "summary")
         elif isinstance(message, DemandShare):
             self.demand.receive(
                 message.epoch, message.weight, message.sums, time.time(), self.local_demand()
@@ -861,19 +911,22 @@ class MeshService:
             if differing and link is not None:
                 answer = Digest(self.state.bucket_digest(differing))
                 for part in _gossip.digests(answer.entries):
-                    self._send(link, encode_frame(part.to_map()))
+                    self._send(link, encode_frame(part.to_map()), "digest")
         elif isinstance(message, Digest):
             ours = self.state.digest()
             self.state.vouch((n for n, seq in message.entries.items() if ours.get(n) == seq), now)
+            self.lazy.heard_all(peer, message.entries)
             if link is None:
                 return
-            wanted = self.state.missing_from(message.entries)
+            missing = self.state.missing_from(message.entries)
+            # One Want per announcement: not again while another peer's answer is due.
+            wanted = self.lazy.to_want(peer, {n: message.entries[n] for n in missing}, now)
             if wanted:
-                self._send(link, encode_frame(Want(tuple(wanted)).to_map()))
+                self._send(link, encode_frame(Want(tuple(wanted)).to_map()), "want")
             for ann in self.state.newer_than(message.entries):
-                self._send(link, encode_frame(Announce(ann).to_map()))
+                self._send(link, encode_frame(Announce(ann).to_map()), "announce")
             for dead in self.state.newer_deaths(message.entries):
-                self._send(link, encode_frame(dead.to_map()))
+                self._send(link, encode_frame(dead.to_map()), "dead")
             if self.node_id in self.state.dead() or (
                 self.node_id in message.entries
                 and self._own is not None
@@ -885,11 +938,12 @@ class MeshService:
             if link is None:
                 return
             for ann in self.state.announcements_for(message.node_ids):
-                self._send(link, encode_frame(Announce(ann).to_map()))
+                self._send(link, encode_frame(Announce(ann).to_map()), "announce")
+                self.lazy.heard(peer, ann.node_id, ann.seq)
         elif isinstance(message, Leaving):
             if self.state.apply_leaving(message, now):
                 log.info("peer %s left the mesh", message.node_id)
-                self._broadcast(encode_frame(message.to_map()), skip=sender)
+                self._broadcast(encode_frame(message.to_map()), "leaving", skip=sender)
                 self._forget(ID.from_base58(message.node_id))
         elif isinstance(message, Dead):
             self._on_dead(sender, message, now)
@@ -905,7 +959,7 @@ class MeshService:
             return  # we heard from it ourselves just now; the sender's link is what broke
         if self.state.apply_dead(message.node_id, message.seq, now):
             log.info("peer %s reported dead by %s", message.node_id, sender)
-            self._broadcast(encode_frame(message.to_map()), skip=sender)
+            self._broadcast(encode_frame(message.to_map()), "dead", skip=sender)
             self._forget(ID.from_base58(message.node_id))
 
     async def leave(self) -> None:
@@ -922,8 +976,9 @@ class MeshService:
         )
         frame = encode_frame(leaving.to_map())
         links = list(self._links.values())
+        log.info("leaving the mesh (seq %d), telling %d links", self._seq, len(links))
         for link in links:
-            self._send(link, frame)
+            self._send(link, frame, "leaving")
             link.send.close()  # the link task writes what is queued, then closes
         with trio.move_on_after(_LEAVE_GRACE):
             for link in links:

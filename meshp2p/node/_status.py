@@ -36,7 +36,7 @@ def node_status(node: Node) -> dict[str, Any]:
         "peers": _peers_status(node),
         "connections": mesh.connections() if mesh else [],
         "rejected": list(mesh.rejections) if mesh else [],
-        "gossip": dict(mesh.counters) if mesh else {},
+        "gossip": {**mesh.counters, "sent_by_kind": mesh.sent_by_kind} if mesh else {},
         "kad": {
             "protocol": str(mesh.kad.protocol_id),
             "routing_table_size": mesh.kad.routing_table_size,

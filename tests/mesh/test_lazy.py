@@ -1,0 +1,162 @@
+"""Lazy push in a large mesh: relays send ids, a receiver Wants the body once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from meshp2p.mesh import LocalState, MeshService, _service
+from meshp2p.mesh._invite import InviteToken, MeshCredentials
+from meshp2p.mesh._lazy import LazyPush
+from meshp2p.mesh._overlay import FULL_DIGEST_NODES, overlay_targets
+
+TCP = "/ip4/127.0.0.1/tcp/0"
+
+
+def test_an_id_advertised_by_many_is_wanted_from_the_first_only() -> None:
+    lazy = LazyPush(want_timeout=1.0)
+    assert lazy.to_want("a", {"x": 5}, now=0.0) == ["x"]
+    assert lazy.to_want("b", {"x": 5}, now=0.1) == []
+    assert lazy.to_want("a", {"x": 5}, now=0.2) == []
+    # A newer seq is wanted again at once, from whoever advertised it.
+    assert lazy.to_want("c", {"x": 6}, now=0.3) == ["x"]
+    lazy.got("x", 6)
+    assert lazy.pending == 0
+    assert lazy.retries(now=10.0) == {}
+
+
+def test_an_unanswered_want_goes_to_the_next_advertiser_then_is_given_up() -> None:
+    lazy = LazyPush(want_timeout=1.0)
+    assert lazy.to_want("a", {"x": 5, "y": 2}, now=0.0) == ["x", "y"]
+    lazy.to_want("b", {"x": 5}, now=0.5)
+    lazy.to_want("c", {"x": 5}, now=0.6)
+    assert lazy.retries(now=0.9) == {}
+    assert lazy.retries(now=1.0) == {"b": ["x"]}  # y: nobody else advertised it
+    assert lazy.retries(now=1.5) == {}
+    assert lazy.retries(now=2.0) == {"c": ["x"]}
+    assert lazy.retries(now=3.0) == {}
+    assert lazy.pending == 0
+
+
+def test_a_got_body_older_than_the_wanted_seq_keeps_the_want() -> None:
+    lazy = LazyPush()
+    lazy.to_want("a", {"x": 5}, now=0.0)
+    lazy.got("x", 4)
+    assert lazy.pending == 1
+
+
+def test_holders_are_the_peers_that_have_this_seq_or_a_later_one() -> None:
+    lazy = LazyPush()
+    lazy.heard("a", "x", 5)
+    lazy.heard("b", "x", 5)
+    lazy.heard("c", "x", 4)  # older: says nothing about seq 5
+    assert lazy.holders("x", 5) == {"a", "b"}
+    assert lazy.holders("x", 4) == {"a", "b"}
+    assert lazy.holders("x", 6) == frozenset()
+    lazy.heard("c", "x", 6)
+    assert lazy.holders("x", 6) == {"c"}
+    lazy.forget(["x"])
+    assert lazy.holders("x", 6) == frozenset()
+
+
+def test_tracking_is_bounded() -> None:
+    lazy = LazyPush(max_tracked=3)
+    for i in range(10):
+        lazy.heard("a", f"n{i}", 1)
+        lazy.to_want("a", {f"n{i}": 1}, now=0.0)
+    assert lazy.pending == 3
+    assert lazy.holders("n0", 1) == frozenset()
+    assert lazy.holders("n9", 1) == {"a"}
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 (state without an event to wait on)
+        await trio.sleep(0.05)
+
+
+async def test_a_large_mesh_relays_announcements_as_adverts_and_every_node_gets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real services on loopback, more than the full-digest threshold (lowered so a few
+    hosts in one process suffice): a node's changed announcement reaches every other
+    node, relays carry one-entry digests ("advert") and each node fetches the body
+    about once, not once per link."""
+    assert FULL_DIGEST_NODES > 3
+    monkeypatch.setattr(_service, "FULL_DIGEST_NODES", 3)
+    # Each node chooses 2 others (not 8): in a mesh of 8, most nodes then hear of a
+    # change by relay, as in a large mesh.
+    monkeypatch.setattr(
+        _service, "overlay_targets", lambda members, me: overlay_targets(members, me, 2)
+    )
+    n = 8
+    credentials = MeshCredentials.new()
+    states = [LocalState("standby", (), (), 0, 0, {}) for _ in range(n)]
+
+    def service(i: int, bootstrap: tuple[str, ...] = ()) -> MeshService:
+        return MeshService(
+            create_new_key_pair(),
+            credentials,
+            local=lambda: states[i],
+            version="test",
+            listen=[TCP],
+            bootstrap=bootstrap,
+            heartbeat_interval=5.0,  # slow: the change must travel by relay, not repair
+            dead_after=60.0,
+        )
+
+    async with trio.open_nursery() as nursery:
+        founder = service(0)
+        await nursery.start(founder.run)
+        bootstrap = InviteToken.decode(founder.invite_token()).bootstrap
+        services = [founder]
+        for i in range(1, n):
+            services.append(service(i, bootstrap))
+            await nursery.start(services[-1].run)
+        with trio.fail_after(60):
+            await until(lambda: all(len(s.view()) == n for s in services))
+        assert all(s.large for s in services)
+
+        def announced() -> int:
+            return sum(s.sent_by_kind.get("announce", {}).get("frames", 0) for s in services)
+
+        # Let the overlay settle: a new link opens with the opener's announcement.
+        with trio.fail_after(30):
+            settled = -1
+            while settled != announced():
+                settled = announced()
+                await trio.sleep(1.0)
+        before = [
+            {k: dict(v) for k, v in s.sent_by_kind.items()} for s in services
+        ]  # copies of the counters
+        changer = services[-1]
+        states[-1] = LocalState("standby", (), (), 0, 0, {}, models_loading=("m",))
+        changer.announce_soon()
+        with trio.fail_after(3):  # well under one heartbeat: pushed, not repaired
+            await until(
+                lambda: all(
+                    (p := s.view().peer(changer.node_id)) is not None and p.models_loading == ("m",)
+                    for s in services
+                )
+            )
+        await trio.sleep(0.3)  # let stray duplicates land before counting
+
+        def sent(i: int, kind: str) -> int:
+            now = services[i].sent_by_kind.get(kind, {}).get("frames", 0)
+            return now - before[i].get(kind, {}).get("frames", 0)
+
+        others = range(n - 1)
+        # Relays went out as adverts; the bodies, counted over all nodes but the
+        # changer's own sends, are about one per node (each Wanted once).
+        relayed_to = n - 1 - len(changer._links)  # not linked to the changer itself
+        assert relayed_to > 0
+        assert sum(sent(i, "advert") for i in others) > 0
+        # Each node Wants the body at most once (a node linked to the changer may ask
+        # a relay before the changer's own copy lands), and the bodies relays send are
+        # no more than one a node: eager relays would send one per chosen link.
+        assert all(sent(i, "want") <= 1 for i in others)
+        assert sum(sent(i, "want") for i in others) >= relayed_to
+        assert sum(sent(i, "announce") for i in others) <= n - 1
+        nursery.cancel_scope.cancel()
