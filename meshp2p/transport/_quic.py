@@ -360,10 +360,14 @@ class QuicConn(IMuxedConn):
                 await hook()
 
     async def close(self) -> None:
+        self._abandon("connection closed locally")
+        await trio.lowlevel.checkpoint()
+
+    def _abandon(self, reason: str) -> None:
+        """Close now, without waiting (safe in a cancelled task)."""
         if not self._dead:
             self._send_close()
-            self._terminate("connection closed locally")
-        await trio.lowlevel.checkpoint()
+            self._terminate(reason)
 
     def _send_close(self) -> None:
         """Send CONNECTION_CLOSE now, even if qh3's pacer would hold it a while: the
@@ -835,11 +839,19 @@ class QuicTransport(ITransport):
         endpoint.nursery.start_soon(_close_when_done, endpoint, conn)
         quic.connect(remote, conn._now())
         conn._pump()
-        with trio.move_on_after(self.settings.handshake_timeout):
-            await conn.handshake_done.wait()
+        try:
+            with trio.move_on_after(self.settings.handshake_timeout):
+                await conn.handshake_done.wait()
+        finally:
+            if not conn.is_established:
+                # Failed, timed out or cancelled (the caller's deadline, the swarm's
+                # happy eyeballs): end the connection and its socket now. Left
+                # running, a handshake the peer completes later (a frozen peer that
+                # thaws with our Initial in its socket buffer) would make a connection
+                # the peer uses and our swarm never hears of.
+                why = conn._peer_error or conn._close_reason or "no answer"
+                conn._abandon("the dial was given up")
         if not conn.is_established:
-            why = conn._peer_error or conn._close_reason or "no answer"
-            await conn.close()
             if expected is not None:
                 self.failures[expected] = f"QUIC dial to {ip}:{port} failed: {why}"
             raise OpenConnectionError(f"QUIC dial to {maddr} failed: {why}")
