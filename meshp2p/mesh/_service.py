@@ -428,11 +428,18 @@ class MeshService:
         self.on_change()
 
     async def _hang_up(self, peer: ID) -> None:
+        """Close the connections we hold to ``peer`` now, one by one: not with
+        ``host.disconnect``, whose swarm forgets *every* connection to the peer once
+        it has closed the ones it had, a new one that came up meanwhile too (a thawed
+        peer dials at the moment we bury it): that one then stayed open, unlisted,
+        and the peer's streams on it reached handlers of a connection we no longer
+        knew (it looked connected to the peer; we did not, and never dialled it)."""
         with trio.move_on_after(_DIAL_TIMEOUT):
-            try:
-                await self.host.disconnect(peer)
-            except Exception as exc:
-                log.debug("closing the connection to %s: %r", peer, exc)
+            for conn in self.host.get_network().get_connections(peer):
+                try:
+                    await conn.close()
+                except Exception as exc:
+                    log.debug("closing the connection to %s: %r", peer, exc)
 
     async def _join_bootstrap(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         """Dial a bootstrap peer until it admits us (it may start later)."""
