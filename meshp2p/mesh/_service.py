@@ -28,7 +28,8 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
-from libp2p.host.ping import PingService
+from libp2p.host.ping import ID as PING
+from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 
@@ -42,7 +43,7 @@ from ..transport._host import (
     transport_addrs,
 )
 from ..transport._quic import quic_fallback_reason
-from ..transport._streams import close_quietly
+from ..transport._streams import close_quietly, reset_quietly
 from ..transport._wire import FrameDecoder, encode_frame
 from . import _auth, _gossip
 from ._gossip import (
@@ -201,7 +202,8 @@ class MeshService:
         self._changed = trio.Event()
         self._membership = trio.Event()
         self._handshakes = trio.Semaphore(_MAX_HANDSHAKES)
-        self._ping: PingService | None = None
+        #: One ping at a time per peer (``ping``).
+        self._ping_locks: dict[ID, trio.Lock] = {}
         self.kad: MeshKad | None = None
         self._provided: set[str] = set()
         self._leaving = False
@@ -337,7 +339,6 @@ class MeshService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._ping = PingService(host)
                 self.addrs = dialable_addrs(host, self.node_id)
                 host.set_stream_handler(AUTH, self._handle_auth)
                 await nursery.start(self.relay.run)
@@ -733,16 +734,32 @@ class MeshService:
         await self.ping(peer, _PING_TIMEOUT)
 
     async def ping(self, peer: ID, within: float) -> bool:
-        """Ping ``peer`` once (libp2p ping); True if it answered within ``within`` s."""
-        if self._ping is None:
+        """Ping ``peer`` once (libp2p ping); True if it answered within ``within`` s.
+
+        One ping per peer at a time (callers queue), each on a stream of its own that
+        is closed, or reset when it fails or times out. py-libp2p's PingService kept
+        the stream of a ping cut short by a timeout cached, and on the next ping
+        called ``is_closed()`` on it, a property: a TypeError, for every later ping of
+        that peer. One slow pong (a frozen host, a busy machine) thus made a live
+        host look dead to this node for good.
+        """
+        if self._nursery is None:
             return False
         with trio.move_on_after(within):
-            try:
-                rtts = await self._ping.ping(peer, ping_amt=1)
-            except Exception:
-                return False
-            if rtts:
-                self.state.record_rtt(peer.to_base58(), float(rtts[0]))
+            async with self._ping_locks.setdefault(peer, trio.Lock()):
+                stream: INetStream | None = None
+                answered = False
+                try:
+                    stream = await self.host.new_stream(peer, [PING])
+                    rtt_ms = await perform_ping_roundtrip(stream)
+                    answered = True
+                except Exception:
+                    return False
+                finally:
+                    if stream is not None:
+                        with trio.CancelScope(shield=True):
+                            await (close_quietly if answered else reset_quietly)(stream)
+                self.state.record_rtt(peer.to_base58(), float(rtt_ms))
                 return True
         return False
 
