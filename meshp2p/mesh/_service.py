@@ -133,6 +133,8 @@ class _Link:
     peer_root: bytes | None = None
     #: Ticks in a row whose view hash differed from ours.
     mismatches: int = 0
+    #: When we last sent the peer our Summary (trio time).
+    summary_sent: float = float("-inf")
 
 
 def _standby() -> LocalState:
@@ -567,6 +569,14 @@ class MeshService:
             self._nursery.start_soon(self._provide_records)
         return True
 
+    def _refute(self) -> None:
+        """Rumours of our death: say otherwise at once, with a newer announcement on
+        every link (not at the next heartbeat: in a large mesh that is a Tick, and
+        the news would wait for a repair)."""
+        self._refresh_own(force=True)
+        if self._own is not None:
+            self._broadcast(encode_frame(Announce(self._own).to_map()), "announce")
+
     async def _provide_records(self) -> None:
         """Provider records in the mesh DHT: which models we serve and hold on disk."""
         if self.kad is None or self._own is None:
@@ -617,6 +627,8 @@ class MeshService:
             # missed, not on every link.
             if link is not None and link.peer_root is not None:
                 return [("tick", encode_frame(Tick(self.state.root()).to_map()))]
+            if link is not None:
+                link.summary_sent = trio.current_time()
             return [("summary", encode_frame(Summary(self.state.summary()).to_map()))]
         return [("digest", encode_frame(d.to_map())) for d in _gossip.digests(entries)]
 
@@ -763,6 +775,10 @@ class MeshService:
                 return True
         return False
 
+    def _send_summary(self, link: _Link, now: float) -> None:
+        link.summary_sent = now
+        self._send(link, encode_frame(Summary(self.state.summary()).to_map()), "summary")
+
     def _count(self, kind: str, frame: bytes) -> None:
         counted = self.sent_by_kind.setdefault(kind, {"frames": 0, "bytes": 0})
         counted["frames"] += 1
@@ -831,7 +847,7 @@ class MeshService:
             own = encode_frame(Announce(self._own).to_map())
             send.send_nowait(own)
             self._count("announce", own)
-        for kind, frame in self._heartbeat_frames():
+        for kind, frame in self._heartbeat_frames(link):
             send.send_nowait(frame)
             self._count(kind, frame)
         try:
@@ -921,7 +937,7 @@ class MeshService:
             link.mismatches += 1
             if link.mismatches >= 2:
                 link.mismatches = 0
-                self._send(link, encode_frame(Summary(self.state.summary()).to_map()), "summary")
+                self._send_summary(link, now)
         elif isinstance(message, DemandShare):
             self.demand.receive(
                 message.epoch, message.weight, message.sums, time.time(), self.local_demand()
@@ -936,6 +952,11 @@ class MeshService:
                 answer = Digest(self.state.bucket_digest(differing))
                 for part in _gossip.digests(answer.entries):
                     self._send(link, encode_frame(part.to_map()), "digest")
+                # Our digest gives the peer what it lacks; our Summary, unless we sent
+                # one lately, makes it answer with what *we* lack: a joiner learns the
+                # mesh in one exchange, not after two mismatched Ticks (10 s and more).
+                if now - link.summary_sent >= self.heartbeat_interval:
+                    self._send_summary(link, now)
         elif isinstance(message, Digest):
             ours = self.state.digest()
             self.state.vouch((n for n, seq in message.entries.items() if ours.get(n) == seq), now)
@@ -956,8 +977,7 @@ class MeshService:
                 and self._own is not None
                 and message.entries[self.node_id] > self._own.seq
             ):
-                self._refresh_own(force=True)
-                self._changed.set()
+                self._refute()
         elif isinstance(message, Want):
             if link is None:
                 return
@@ -974,13 +994,18 @@ class MeshService:
 
     def _on_dead(self, sender: ID, message: Dead, now: float) -> None:
         if message.node_id == self.node_id:
-            # Rumours of our death: say otherwise, with a newer announcement.
-            self._refresh_own(force=True)
-            self._changed.set()
+            self._refute()
             return
         seen = self.state.last_direct(message.node_id)
         if seen is not None and now - seen < self.heartbeat_interval * 2:
-            return  # we heard from it ourselves just now; the sender's link is what broke
+            # We heard from it ourselves just now: the sender's link is what broke. The
+            # sender buried it, and only a newer announcement from the node brings it
+            # back there: tell the node, which refutes (a node the sender is not
+            # linked to would otherwise never hear of its burial).
+            link = self._links.get(ID.from_base58(message.node_id))
+            if link is not None:
+                self._send(link, encode_frame(message.to_map()), "dead")
+            return
         if self.state.apply_dead(message.node_id, message.seq, now):
             log.info("peer %s reported dead by %s", message.node_id, sender)
             self._broadcast(encode_frame(message.to_map()), "dead", skip=sender)

@@ -8,7 +8,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from meshp2p.mesh import LocalState, MeshService, _service
+from meshp2p.mesh import Dead, LocalState, MeshService, _service
 from meshp2p.mesh._invite import InviteToken, MeshCredentials
 from meshp2p.mesh._lazy import LazyPush
 from meshp2p.mesh._overlay import FULL_DIGEST_NODES, overlay_targets
@@ -159,4 +159,67 @@ async def test_a_large_mesh_relays_announcements_as_adverts_and_every_node_gets_
         assert all(sent(i, "want") <= 1 for i in others)
         assert sum(sent(i, "want") for i in others) >= relayed_to
         assert sum(sent(i, "announce") for i in others) <= n - 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_falsely_reported_dead_refutes_at_once_wherever_it_was_buried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node buried by a member it has no link to (that member's news came from a
+    link that broke): the members that still hear from it pass the notice on to it,
+    and it re-announces at once, so the burying member takes it back within a
+    fraction of a heartbeat (not never: an equal seq cannot resurrect a node, and
+    only the node itself can raise it)."""
+    monkeypatch.setattr(_service, "FULL_DIGEST_NODES", 3)
+    monkeypatch.setattr(
+        _service, "overlay_targets", lambda members, me: overlay_targets(members, me, 2)
+    )
+    n = 8
+    credentials = MeshCredentials.new()
+    local = LocalState("standby", (), (), 0, 0, {})
+
+    def service(bootstrap: tuple[str, ...] = ()) -> MeshService:
+        return MeshService(
+            create_new_key_pair(),
+            credentials,
+            local=lambda: local,
+            version="test",
+            listen=[TCP],
+            bootstrap=bootstrap,
+            heartbeat_interval=5.0,
+            dead_after=60.0,
+        )
+
+    async with trio.open_nursery() as nursery:
+        founder = service()
+        await nursery.start(founder.run)
+        bootstrap = InviteToken.decode(founder.invite_token()).bootstrap
+        services = [founder]
+        for _ in range(1, n):
+            services.append(service(bootstrap))
+            await nursery.start(services[-1].run)
+        with trio.fail_after(60):
+            await until(lambda: all(len(s.view()) == n for s in services))
+            # Every node heard from each of its links lately (so it vouches for them).
+            await trio.sleep(5.5)
+        victim = services[-1]
+        unlinked = [
+            s
+            for s in services[:-1]
+            if victim.peer_id not in s._links and s.peer_id not in victim._links and s._links
+        ]
+        assert unlinked, "every node is linked to the victim; no one to bury it"
+        buryer = unlinked[0]
+        held = buryer.state.announcement(victim.node_id)
+        assert held is not None
+        sender = next(iter(buryer._links))
+        buryer._on_message(sender, Dead(victim.node_id, held.seq).to_map())
+        assert victim.node_id not in buryer.state
+        with trio.fail_after(3):  # under one heartbeat: no repair needed
+            await until(
+                lambda: all(
+                    (a := s.state.announcement(victim.node_id)) is not None and a.seq > held.seq
+                    for s in services[:-1]
+                )
+            )
         nursery.cancel_scope.cancel()
