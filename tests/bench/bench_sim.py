@@ -1,9 +1,9 @@
 """Simulator: the real planner and demand meter on a simulated clock, for a thousand nodes.
 
 Run with ``make bench-sim`` (or ``python tests/bench/bench_sim.py``). N nodes (memory
-8-192 GB, one-way link delays 10-50 ms, so 20-100 ms round trips) join, leave and die;
-requests arrive at random nodes with Zipf demand over 12 of ~20 models, a new set and
-order every simulated hour. Every node counts the requests entering through it
+8-192 GB, one-way link delays 10-50 ms, so 20-100 ms round trips: ``--link-ms``)
+join, leave and die; requests arrive at random nodes with Zipf demand over 12 of ~20
+models, a new set and order every simulated hour. Every node counts the requests entering through it
 (``meshp2p.planner.DemandMeter``), its view is rebuilt at every heartbeat as gossip
 would deliver it (``MeshView`` of ``PeerInfo``), and every planning interval it runs
 ``meshp2p.planner.plan`` unchanged and acts on the decision (loading takes time: from
@@ -17,20 +17,31 @@ the 8 members its rendezvous hash ranks first; links are answered both ways), as
 mesh of more than 16 nodes does: the cost per node per minute is, on every link each
 heartbeat, a one-hash Tick, answered with a Summary and a digest where the views
 differ at two heartbeats in a row (a change that had not reached both ends of a
-link yet, twice); one push-sum share
-of demand (``meshp2p.mesh.PushSum``, run for every node; a share goes to a random
-live node, standing in for a random overlay link); and every announcement (state
-changes, deaths, and demand for models nobody serves, as
-``meshp2p.planner.wanted_only`` and ``AnnouncedRates`` let it change) relayed on the
-links the node chose (its 8 overlay targets). The shared view's demand is one random
-node's push-sum estimate, as that node's planner would read it. Convergence is the
-time for a relayed change to reach 99 % of the nodes along the shortest paths of the
-chosen links (one-way link delays plus 2 ms per hop), worst of 20 random origins.
+link yet, twice); one push-sum share of demand (``meshp2p.mesh.PushSum``, run for
+every node; a share goes to a random live node, standing in for a random overlay
+link); and every change (state changes, joins and demand for models nobody serves,
+as ``meshp2p.planner.wanted_only`` and ``AnnouncedRates`` let it change; deaths).
+The shared view's demand is one random node's push-sum estimate, as that node's
+planner would read it. Sizes are the real encoder's frames plus 30 bytes of yamux
+and Noise per frame.
+
+A change's cost and its convergence come from flooding it message by message
+(``spread``) on the real cores the node runs: each node's own ``MeshState``, which
+verifies every signature, and ``meshp2p.mesh._lazy.LazyPush``, as
+``meshp2p.mesh._service`` drives them: the origin sends its announcement on all its
+links, a relay sends a one-entry digest on the links it chose, a node that lacks
+the announcement Wants the body once. Deaths are relayed whole (costed as a signed
+leaving). A node handles one message at a time, in ``--hop-ms``, and writes its
+frames one after another, ``--send-ms`` each; a frame takes its link's one-way delay.
+Convergence is when 99 % of the nodes hold the change, worst of 20 random origins.
+``--nodes 30 --link-ms 0.05 0.05`` is the loopback scenario of
+``tests/bench/bench_convergence.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import random
 import statistics
@@ -44,8 +55,24 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _bench import machine, write_result  # noqa: E402
+from libp2p.crypto.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from meshp2p.mesh import MeshView, ModelFile, PeerInfo, PushSum  # noqa: E402
+from meshp2p.mesh import (  # noqa: E402
+    Announce,
+    DemandShare,
+    Digest,
+    Leaving,
+    MeshState,
+    MeshView,
+    ModelFile,
+    PeerInfo,
+    PushSum,
+    Summary,
+    Tick,
+    Want,
+)
+from meshp2p.mesh._gossip import encode_gossip_message, sign, sign_leaving  # noqa: E402
+from meshp2p.mesh._lazy import LazyPush  # noqa: E402
 from meshp2p.mesh._overlay import DEGREE, overlay_targets  # noqa: E402
 from meshp2p.planner import (  # noqa: E402
     AnnouncedRates,
@@ -60,20 +87,55 @@ from meshp2p.planner import (  # noqa: E402
 GB = 10**9
 HEARTBEAT_S = 5.0
 DEAD_AFTER_S = 12.0
-#: Bytes on the wire (CBOR, varint, yamux header, Noise tag) of one Summary, one Tick,
-#: one announcement, and of a push-sum share: a fixed part and one per model in it.
-SUMMARY_BYTES = 200
-TICK_BYTES = 60
-#: A host's announcement with one model and a few addresses is 580 bytes of CBOR
-#: (protocols/vectors/gossip.json); more addresses and models make it larger.
-#: The digest of the buckets that differ, after one change: a bucket holds 1/16 of
-#: the nodes, at ~60 bytes an entry.
-DIGEST_ENTRY_BYTES = 60
-ANNOUNCEMENT_BYTES = 650
-SHARE_BYTES, SHARE_MODEL_BYTES = 60, 36
-#: Checking an announcement's signature and relaying it, per hop.
-HOP_S = 0.002
 SHA = "0" * 64
+#: Bytes a frame costs on the wire beyond its own (varint-prefixed CBOR): a yamux
+#: header (12) and a Noise message's length (2) and tag (16). QUIC's per-packet
+#: overhead is about the same.
+FRAME_OVERHEAD = 30
+MESH_ID = "sim-mesh-0123456789abcdef"
+
+
+def wire(message: Any) -> int:
+    """Bytes of one gossip message on the wire: the real encoder's frame plus overhead."""
+    return len(encode_gossip_message(message)) + FRAME_OVERHEAD
+
+
+def host_announcement(key: Ed25519PrivateKey, seq: int) -> Any:
+    """A host's announcement as the node signs it: three addresses (TCP and QUIC on
+    IPv4, TCP on IPv6), one model served, its file on disk."""
+    return sign(
+        {
+            "seq": seq,
+            "mesh_id": MESH_ID,
+            "addrs": [
+                "/ip4/203.0.113.7/tcp/4001",
+                "/ip4/203.0.113.7/udp/4001/quic-v1",
+                "/ip6/2001:db8::7/tcp/4001",
+            ],
+            "role": "host",
+            "models_served": ["qwen2.5-7b-instruct-q4_k_m"],
+            "models_on_disk": [ModelFile("qwen2.5-7b-instruct-q4_k_m.gguf", 4_683_073_536, SHA)],
+            "memory_free": 12 * GB,
+            "memory_total": 64 * GB,
+            "request_rates": {},
+            "version": "0.9.0",
+        },
+        key,
+    )
+
+
+_KEY = Ed25519PrivateKey.new(b"\x01" * 32)
+_ROOT = b"\x00" * 8
+#: Sizes on the wire, from the real encoder: a Tick, a Summary, one digest entry, and a
+#: push-sum share (a fixed part and one per model in it).
+TICK_BYTES = wire(Tick(_ROOT))
+SUMMARY_BYTES = wire(Summary((_ROOT,) * 16))
+DIGEST_ENTRY_BYTES = wire(Digest({host_announcement(_KEY, 1).node_id: 1_767_225_600_000})) - wire(
+    Digest({})
+)
+SHARE_BYTES = wire(DemandShare(14_000_000, 1 / 3, {}))
+SHARE_MODEL_BYTES = wire(DemandShare(14_000_000, 1 / 3, {"model-00": 1 / 3})) - SHARE_BYTES
+ANNOUNCEMENT_BYTES = wire(Announce(host_announcement(_KEY, 1_767_225_600_000)))
 
 
 @dataclass
@@ -139,7 +201,7 @@ class Sim:
         node = SimNode(
             f"n{self.next_id:05d}",
             int(self.rng.uniform(8, 192) * GB),
-            self.rng.uniform(0.010, 0.050),
+            self.rng.uniform(*self.args.link_ms) / 1000,
             held,
             since=now,
             next_plan=now + self.rng.uniform(0, self.args.plan_interval),
@@ -201,7 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shared = plan_round(view, models, params)
     announced = 0
     beats = changed_beats = 0
-    share_bytes = 0
+    share_bytes = 0.0
     changes_at_beat = changes_at_warmup = 0
     started = time.monotonic()
     now = 0.0
@@ -239,7 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if model in hosted:
                 sim.new_model_waits.append(now - sim.unhosted_since.pop(model))
         # Heartbeat: the view gossip delivers, and the shared part of the plan.
-        if now % HEARTBEAT_S == 0:
+        if now % args.heartbeat == 0:
             view = sim.view(now, view)
             shared = plan_round(view, models, params)
             sent = sim.push_sum_round(now, alive)
@@ -272,22 +334,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.nodes
     minutes = (horizon - warmup) / 60
     alive_nodes = [node for node in sim.nodes.values() if node.dead_at is None]
-    graph, links = overlay_graph(alive_nodes)
-    # Per node per minute: on every link each heartbeat a Summary after a change, else
-    # a Tick; a push-sum share; and every change (an announcement: a node's state or
-    # its demand for a model nobody serves; a death) sent on every link but the one it
-    # came by.
+    overlay = overlay_graph(alive_nodes)
+    links = overlay.links_per_node
+    # Per node per minute: on every link each heartbeat a Tick (a Summary and a bucket
+    # digest where views still differ at the next one); a push-sum share; and every
+    # change flooded through the mesh, message by message on the real cores
+    # (``spread``): an announcement (a node's state, a join, demand for a model
+    # nobody serves) relayed lazily; a death relayed whole, costed as a leaving.
     announcements = sim.changes + sum(node.announced.changes for node in sim.nodes.values())
     changes_per_min = (announcements - changes_at_warmup) / minutes
+    deaths_per_min = sim.kinds.get("death", 0) / minutes
     changed = changed_beats / max(1, beats)
-    converge = [spread_time(graph, rng.choice(alive_nodes), 0.99) for _ in range(20)]
+    origins = [rng.choice(alive_nodes).id for _ in range(args.origins)]
+    floods = spreads(overlay, origins, args.hop_ms / 1000, args.send_ms / 1000)
+    converge = [f.time_to(0.99) for f in floods["lazy"]]
+    converge_leave = [f.time_to(0.99) for f in floods["leaving"]]
+    converge_eager = [f.time_to(0.99) for f in floods["eager"]]
+    per_change = {kind: statistics.mean(f.kb_per_node() for f in fl) for kind, fl in floods.items()}
+    by_kind = {
+        kind: round(statistics.mean(f.bytes_by_kind.get(kind, 0) for f in floods["lazy"]) / n, 1)
+        for kind in ("announce", "advert", "want")
+    }
     # A link's views differ at a heartbeat if a change is still on its way then.
     differ = min(1.0, changes_per_min / 60 * max(converge))
     repair = SUMMARY_BYTES + DIGEST_ENTRY_BYTES * len(alive_nodes) / 16
     beat_bytes = TICK_BYTES + differ**2 * repair
-    summary_kb = links * (60 / HEARTBEAT_S) * beat_bytes / 1000
+    heartbeats_per_min = 60 / args.heartbeat
+    summary_kb = links * heartbeats_per_min * beat_bytes / 1000
     push_sum_kb = share_bytes / minutes / 1000
-    flood_kb = changes_per_min * DEGREE * ANNOUNCEMENT_BYTES / 1000
+    flood = changes_per_min - deaths_per_min
+    flood_kb = flood * per_change["lazy"] + deaths_per_min * per_change["leaving"]
+    flood_eager_kb = flood * per_change["eager"] + deaths_per_min * per_change["leaving"]
     node_hours = sim.node_seconds / 3600
     switches = sum(node.switches for node in sim.nodes.values())
     return {
@@ -312,10 +389,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gossip_links_differing_at_heartbeat": round(differ, 4),
         "gossip_push_sum_kb_node_min": round(push_sum_kb, 1),
         "gossip_flood_kb_node_min": round(flood_kb, 1),
+        "gossip_flood_eager_kb_node_min": round(flood_eager_kb, 1),
+        "gossip_bytes_per_node_per_announcement": by_kind,
+        "wire_bytes": {
+            "announce": ANNOUNCEMENT_BYTES,
+            "tick": TICK_BYTES,
+            "summary": SUMMARY_BYTES,
+            "digest_entry": DIGEST_ENTRY_BYTES,
+            "demand_share": SHARE_BYTES,
+            "demand_share_per_model": SHARE_MODEL_BYTES,
+        },
         "overlay_degree": DEGREE,
         "links_per_node": round(links, 1),
+        "link_ms": args.link_ms,
+        "hop_ms": args.hop_ms,
+        "send_ms": args.send_ms,
+        "heartbeat_s": args.heartbeat,
         "converge_99_s": round(max(converge), 3),
         "converge_99_s_median": round(statistics.median(converge), 3),
+        "converge_99_eager_s": round(max(converge_eager), 3),
+        "converge_99_leave_s": round(max(converge_leave), 3),
+        "converge_99_leave_s_median": round(statistics.median(converge_leave), 3),
+        "converge_all_leave_s": round(max(f.time_to(1.0) for f in floods["leaving"]), 3),
         "announcements_per_min": round(changes_per_min, 1),
         "announcements_by_cause": {
             **sim.kinds,
@@ -337,43 +432,155 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
-def overlay_graph(nodes: list[SimNode]) -> tuple[dict[str, dict[str, float]], float]:
-    """The links a node chose (its overlay targets), on which it relays, with one-way
-    delays; and the mean number of links per node, counting
-    those that answer another node's choice (each gets a heartbeat)."""
+@dataclass
+class Overlay:
+    """The live nodes' gossip links: ``chosen`` (a node's overlay targets, on which it
+    relays) and ``links`` (chosen or answered: every link, for heartbeats and a
+    node's own announcements), with one-way delays."""
+
+    delay: dict[tuple[str, str], float]
+    chosen: dict[str, list[str]]
+    links: dict[str, list[str]]
+
+    @property
+    def links_per_node(self) -> float:
+        return statistics.mean(len(v) for v in self.links.values())
+
+
+def overlay_graph(nodes: list[SimNode]) -> Overlay:
     by_id = {node.id: node for node in nodes}
-    graph: dict[str, dict[str, float]] = {node.id: {} for node in nodes}
+    delay: dict[tuple[str, str], float] = {}
+    chosen: dict[str, list[str]] = {node.id: [] for node in nodes}
     both: dict[str, set[str]] = {node.id: set() for node in nodes}
     for node in nodes:
         for target in overlay_targets(by_id, node.id):
-            graph[node.id][target] = (node.delay_s + by_id[target].delay_s) / 2
+            d = (node.delay_s + by_id[target].delay_s) / 2
+            delay[node.id, target] = delay[target, node.id] = d
+            chosen[node.id].append(target)
             both[node.id].add(target)
             both[target].add(node.id)
-    return graph, statistics.mean(len(v) for v in both.values())
+    return Overlay(delay, chosen, {k: sorted(v) for k, v in both.items()})
 
 
-def spread_time(graph: dict[str, dict[str, float]], origin: SimNode, share: float) -> float:
-    """When ``share`` of the nodes know a change flooded from ``origin``: the shortest
-    paths of the overlay, plus the time to check and relay at each hop."""
+@dataclass
+class Spread:
+    """One change flooded through the overlay, message by message."""
+
+    arrival: dict[str, float]
+    bytes_by_kind: dict[str, int]
+    nodes: int
+
+    def time_to(self, share: float) -> float:
+        times = sorted(self.arrival.values())
+        if len(times) < share * self.nodes:
+            return math.inf
+        return times[min(len(times) - 1, int(share * self.nodes))]
+
+    def kb_per_node(self) -> float:
+        return sum(self.bytes_by_kind.values()) / self.nodes / 1000
+
+
+def spread(
+    overlay: Overlay,
+    origin: str,
+    change: Any,
+    hop_s: float,
+    *,
+    lazy: bool,
+    send_s: float = 0.0,
+) -> Spread:
+    """Flood ``change`` (an announcement, or a ``Leaving``) from ``origin`` as the node
+    does (``meshp2p.mesh._service``), on the real cores: every node has its own
+    ``MeshState`` (which verifies each signature) and ``LazyPush``. The origin sends
+    its change on all its links; a node that stores it relays it on the links it
+    chose, skipping peers known to hold it: whole (a leaving, or ``lazy=False``),
+    or as a one-entry ``Digest`` that a peer lacking it answers with a ``Want`` for
+    the body. A node is one process doing one thing at a time: it handles each
+    message in ``hop_s`` and writes each frame in ``send_s``, in order; a frame then
+    takes its link's one-way delay. Returns when each node stored the change (handled
+    it) and the bytes sent, by kind."""
     import heapq
 
-    arrival = {origin.id: 0.0}
-    queue = [(0.0, origin.id)]
+    states = {n: MeshState(MESH_ID) for n in overlay.links}
+    pushes = {n: LazyPush() for n in overlay.links}
+    busy = dict.fromkeys(overlay.links, 0.0)
+    arrival = {origin: 0.0}
+    sent: dict[str, int] = {}
+    queue: list[tuple[float, int, str, str, Any]] = []
+    counter = 0
+
+    def send(src: str, dst: str, kind: str, message: Any) -> None:
+        nonlocal counter
+        counter += 1
+        sent[kind] = sent.get(kind, 0) + wire(message)
+        busy[src] += send_s
+        heapq.heappush(queue, (busy[src] + overlay.delay[src, dst], counter, dst, src, message))
+
+    is_leaving = isinstance(change, Leaving)
+    first = change if is_leaving else Announce(change)
+    if is_leaving:
+        states[origin].apply_leaving(change, 0.0)
+    else:
+        states[origin].apply_announcement(change, 0.0)
+    busy[origin] = hop_s
+    for peer in overlay.links[origin]:
+        send(origin, peer, "leaving" if is_leaving else "announce", first)
     while queue:
-        at, node = heapq.heappop(queue)
-        if at > arrival.get(node, math.inf):
-            continue
-        for nxt, delay in graph[node].items():
-            when = at + delay + HOP_S
-            if when < arrival.get(nxt, math.inf):
-                arrival[nxt] = when
-                heapq.heappush(queue, (when, nxt))
-    times = sorted(arrival.values())
-    return (
-        times[min(len(times) - 1, int(share * len(graph)))]
-        if len(times) >= share * len(graph)
-        else math.inf
-    )
+        at, _, node, src, message = heapq.heappop(queue)
+        busy[node] = done = max(at, busy[node]) + hop_s
+        state, push = states[node], pushes[node]
+        if isinstance(message, Leaving):
+            if state.apply_leaving(message, at):
+                arrival.setdefault(node, done)
+                for peer in overlay.chosen[node]:
+                    if peer != src:
+                        send(node, peer, "leaving", message)
+        elif isinstance(message, Announce):
+            ann = message.announcement
+            push.heard(src, ann.node_id, ann.seq)
+            if state.apply_announcement(ann, at):
+                arrival.setdefault(node, done)
+                push.got(ann.node_id, ann.seq)
+                holders = push.holders(ann.node_id, ann.seq)
+                for peer in overlay.chosen[node]:
+                    if peer == src or peer in holders:
+                        continue
+                    if lazy:
+                        send(node, peer, "advert", Digest({ann.node_id: ann.seq}))
+                    else:
+                        send(node, peer, "announce", message)
+        elif isinstance(message, Digest):
+            push.heard_all(src, message.entries)
+            missing = state.missing_from(message.entries)
+            wanted = push.to_want(src, {n: message.entries[n] for n in missing}, at)
+            if wanted:
+                send(node, src, "want", Want(tuple(wanted)))
+        elif isinstance(message, Want):
+            for ann in state.announcements_for(message.node_ids):
+                send(node, src, "announce", Announce(ann))
+                push.heard(src, ann.node_id, ann.seq)
+    return Spread(arrival, sent, len(overlay.links))
+
+
+def spreads(
+    overlay: Overlay,
+    origins: list[str],
+    hop_s: float,
+    send_s: float,
+    seq0: int = 1_767_225_600_000,
+) -> dict[str, list[Spread]]:
+    """A new announcement relayed lazily (as the node does), the same relayed whole (as
+    before), and a leaving (relayed whole, as every leaving and death is), from
+    each origin; each origin a new key."""
+    out: dict[str, list[Spread]] = {"lazy": [], "eager": [], "leaving": []}
+    for i, origin in enumerate(origins):
+        key = Ed25519PrivateKey.new(hashlib.sha256(b"sim origin %d" % i).digest())
+        ann = host_announcement(key, seq0 + i)
+        out["lazy"].append(spread(overlay, origin, ann, hop_s, lazy=True, send_s=send_s))
+        out["eager"].append(spread(overlay, origin, ann, hop_s, lazy=False, send_s=send_s))
+        leaving = sign_leaving(seq0 + i + 1, MESH_ID, key)
+        out["leaving"].append(spread(overlay, origin, leaving, hop_s, lazy=False, send_s=send_s))
+    return out
 
 
 def main() -> None:
@@ -393,6 +600,23 @@ def main() -> None:
     parser.add_argument("--download-mbs", type=float, default=100.0)
     parser.add_argument("--churn-per-hour", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--link-ms",
+        type=float,
+        nargs=2,
+        default=(10.0, 50.0),
+        metavar=("LO", "HI"),
+        help="a node's one-way delay to any other is uniform in LO..HI ms (default 10 50: "
+        "20-100 ms round trips); 0.05 0.05 is about loopback",
+    )
+    parser.add_argument(
+        "--hop-ms", type=float, default=2.0, help="time a node takes to handle one message"
+    )
+    parser.add_argument(
+        "--send-ms", type=float, default=0.1, help="time a node takes to write one frame"
+    )
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S)
+    parser.add_argument("--origins", type=int, default=20, help="changes flooded to time")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/sim.json")
     args = parser.parse_args()
     result = run(args)
