@@ -133,14 +133,6 @@ def test_host_killed_mid_stream(mesh: Mesh) -> None:
     mesh.wait_converged()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 20, open: after a 30 s freeze the two hosts sometimes stay apart over "
-        "QUIC (each sees no peer 40 s after the thaw; seen in a full CI run, not in "
-        "runs of this file alone); the stream part holds. docs/networks.md"
-    ),
-)
 def test_host_frozen_for_30_s_mid_stream(mesh: Mesh) -> None:
     def freeze(host: LabNode) -> None:
         os.kill(host.proc.pid, signal.SIGSTOP)
