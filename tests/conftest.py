@@ -16,6 +16,11 @@ import httpx
 import pytest
 
 from meshp2p.inference._models import ModelStore
+from meshp2p.inference._speculative import exact_kernels
+
+# Tests load models in this process too, as workers do: ggml reads the switch at the
+# process's first batched product, so it is set before any test runs.
+exact_kernels()
 
 STARTUP_TIMEOUT = 90.0
 

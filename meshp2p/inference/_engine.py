@@ -17,16 +17,17 @@ from typing import Any
 
 from ..api._openai import ApiError
 from ._speculative import (
-    EXACT_BATCH,
     GREEDY_GUARD,
     DraftModelProposer,
     DraftPolicy,
     NgramProposer,
     Proposer,
     SpeculationStats,
-    batches_exact,
     decode_tokens,
+    eval_prompt,
+    exact_batch,
     first_of,
+    prime_prompt,
 )
 from ._toolcalls import ToolCall, parse_tool_calls
 from ._toolemu import CALL_OPEN, any_call_grammar, emulate_tools, has_tool_turns, rewrite_messages
@@ -356,8 +357,8 @@ class Engine:
         them, and with a seed it draws once for each too, so the tokens after them are
         those of the run they came from.
 
-        Greedy, on a model whose batches are exact (``batches_exact``: the worker's),
-        the replayed tokens go in batches of ``EXACT_BATCH``. Otherwise each replayed
+        Greedy, on a model whose batches are exact (``exact_batch``: the worker's),
+        the replayed tokens go in batches of that many. Otherwise each replayed
         token is evaluated alone, as generation did: in one batch of a model loaded
         otherwise, the logits differ from a token-by-token run's in their last bits,
         and that is enough to change a greedy token at a near tie; and a seeded
@@ -377,13 +378,14 @@ class Engine:
         candidates = _internals.LlamaTokenDataArray(n_vocab=n_vocab) if draws else None
         try:
             llama.reset()
-            llama.eval(list(prompt))
-            if not draws and batches_exact(llama):
+            eval_prompt(llama, prompt)
+            step = exact_batch(llama)
+            if not draws and step:
                 # Exact batches (the worker's models): greedy replay in batches that
                 # compute what one-token decodes did.
                 replay = list(pending)
-                for start in range(0, len(replay), EXACT_BATCH):
-                    chunk = replay[start : start + EXACT_BATCH]
+                for start in range(0, len(replay), step):
+                    chunk = replay[start : start + step]
                     for token in chunk:
                         sampler.accept(token)
                         yield _REPLAYED
@@ -421,15 +423,16 @@ class Engine:
         self, req: PreparedRequest, prompt: list[int], grammar: Any, speculative: bool
     ) -> Generator[int, None, None]:
         if not (speculative and self.speculates(req, grammar)):
+            prime_prompt(self.llama, prompt)
             return self.llama.generate(prompt, grammar=grammar, **req.sampling)  # type: ignore[no-any-return]
         proposer: Proposer = NgramProposer()
         if self.draft is not None:
             proposer = first_of(proposer, DraftModelProposer(self.draft))
         self._policy.begin()
         # Batches that are not exact need the guard at greedy near ties.
-        exact = batches_exact(self.llama)
+        exact = exact_batch(self.llama)
         guard = GREEDY_GUARD if req.sampling["temp"] <= 0 and not exact else None
-        max_step = EXACT_BATCH if exact else None
+        max_step = exact or None
         return decode_tokens(
             self.llama,
             prompt,

@@ -18,6 +18,8 @@ costs). It reads no clock, so the same request decodes in the same batches.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -300,20 +302,51 @@ def _margin(llama: Any, index: int, processor: Any | None) -> float:
     return top - second
 
 
-#: The most tokens one decode may hold and still compute, bit for bit, what one-token
-#: decodes compute (on a model for which ``batches_exact``): from 8 tokens llama.cpp's
-#: CPU matrix product takes another path (gemma-3-270m: logits ~1.0 apart).
+#: llama.cpp's CPU backend multiplies K-quant weights (Q4_K, Q6_K, ...) by 8 or more
+#: token rows with a tiled kernel that rounds otherwise than its one-row kernel
+#: (gemma-3-270m: logits up to ~1.4 apart, which turns near ties). ggml reads this
+#: variable once per process, at its first such product: ``0`` turns the kernel off.
+TILED_MM_ENV = "GGML_CPU_TILED_MM"
+
+#: The most tokens an exact decode may hold while the tiled kernel is on: 7 rows never
+#: take it.
 EXACT_BATCH = 7
+
+#: The most tokens an exact decode may hold with the tiled kernel off (checked up to
+#: this many; flash attention's own tiled path starts at 64 query rows).
+EXACT_BATCH_UNTILED = 32
+
+
+def tiled_matmul_off() -> bool:
+    """Whether ggml's tiled K-quant product is off in this process, read as ggml
+    reads ``GGML_CPU_TILED_MM`` (``atoi``: off when set and 0). It is decided at the
+    process's first product of 8 or more rows, so set it before that."""
+    value = os.environ.get(TILED_MM_ENV)
+    if value is None:
+        return False
+    match = re.match(r"\s*([+-]?\d+)", value)
+    return int(match.group(1)) == 0 if match else True
+
+
+def exact_kernels() -> None:
+    """Turn ggml's tiled K-quant product off in this process, unless
+    ``GGML_CPU_TILED_MM`` says otherwise already, so that decodes of up to
+    ``EXACT_BATCH_UNTILED`` tokens are exact. Worker and RPC children call it first
+    thing: ggml reads the variable once, at the process's first such product.
+
+    The trade (docs/performance.md): prompts of K-quant models evaluate somewhat
+    slower on CPU, and speculation may verify 16 guesses at once instead of 6.
+    ``GGML_CPU_TILED_MM=1`` in a node's environment keeps the tiled product."""
+    os.environ.setdefault(TILED_MM_ENV, "0")
 
 
 def batches_exact(llama: Any) -> bool:
-    """Whether a decode of up to ``EXACT_BATCH`` tokens gives ``llama`` the same logits
-    and cache as one token at a time, bit for bit. On llama.cpp's CPU backend that
-    takes CPU repacking off (its repacked kernels take another path for one token
-    than for several), flash attention on (the plain attention path sums in another
-    order once the cache passes ~64 tokens), and batches of at most ``EXACT_BATCH``;
-    the worker loads models so (``_worker_child.load_model``;
-    ``tests/inference/test_speculative.py`` checks it)."""
+    """Whether decodes of up to ``exact_batch(llama)`` tokens give ``llama`` the same
+    logits and cache as one token at a time, bit for bit. On llama.cpp's CPU backend
+    that takes CPU repacking off (its repacked kernels take another path for one
+    token than for several) and flash attention on (the plain attention path sums in
+    another order once the cache passes ~64 tokens); the worker loads models so
+    (``_worker_child.load_model``; ``tests/inference/test_speculative.py`` checks it)."""
     import llama_cpp
 
     model = getattr(llama, "model_params", None)
@@ -324,6 +357,14 @@ def batches_exact(llama: Any) -> bool:
         not bool(model.use_extra_bufts)
         and context.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
     )
+
+
+def exact_batch(llama: Any) -> int:
+    """The most tokens one decode of ``llama`` may hold and compute what one-token
+    decodes compute; 0 when its batches are not exact at all (``batches_exact``)."""
+    if not batches_exact(llama):
+        return 0
+    return EXACT_BATCH_UNTILED if tiled_matmul_off() else EXACT_BATCH
 
 
 def decode_tokens(
@@ -347,15 +388,13 @@ def decode_tokens(
     ``guard`` (greedy requests): a position of the batch whose best logit leads the
     next by less than this is evaluated again alone, so that the last bits in which a
     batch differs cannot turn a near tie the other way. ``max_step``: the most tokens
-    a verification decodes (``EXACT_BATCH`` keeps batches exact).
+    a verification decodes (``exact_batch`` keeps batches exact).
     """
     sampler = llama._init_sampler(grammar=grammar, **sampling)
     llama._sampler = sampler
     ctx = llama._ctx
     processor = sampling.get("logits_processor")
-    pending = _reuse_prefix(llama, list(prompt))
-    # Only the prompt's last position gets logits.
-    llama.eval(pending)
+    eval_prompt(llama, prompt)
     token = sampler.sample(ctx, -1)
     text = [*prompt, token]  # the prompt and every token yielded
     yield token
@@ -410,6 +449,28 @@ def decode_tokens(
         token = out[-1]
         text.extend(out)
         yield from out
+
+
+def prime_prompt(llama: Any, prompt: Sequence[int]) -> list[int]:
+    """Keep the cache's longest prefix of ``prompt`` and evaluate what follows it but
+    the last token, in one batch; return the tokens left (the last one).
+
+    The last token is left to be evaluated alone, always: a prompt found whole in the
+    cache has its last token evaluated again alone (for its logits; llama-cpp-python's
+    ``generate`` does the same), and a batch of 64 or more tokens takes another flash
+    attention path than one token does, so evaluating it in the prompt's batch the
+    first time made the same greedy request answer otherwise once its prompt was
+    cached (the Python file of ``make bench-spec``: ``count: int = 1`` fresh, ``0``
+    cached). ``Llama.generate`` after this finds the prefix and evaluates the rest."""
+    pending = _reuse_prefix(llama, list(prompt))
+    if len(pending) > 1:
+        llama.eval(pending[:-1])
+    return pending[-1:]
+
+
+def eval_prompt(llama: Any, prompt: Sequence[int]) -> None:
+    """Evaluate ``prompt`` as ``prime_prompt`` says, its last token alone (with logits)."""
+    llama.eval(prime_prompt(llama, prompt))
 
 
 def _reuse_prefix(llama: Any, tokens: list[int]) -> list[int]:

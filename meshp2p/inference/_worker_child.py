@@ -48,6 +48,7 @@ from ..api._resume import (
 from ..api._shapes import AnswerShaper, ChatShaper, Ending, shaper_for
 from ._embed import Embedder, load_embedder, pooling_for
 from ._engine import Cancelled, Delta, Engine, Finish, Step
+from ._speculative import exact_kernels
 
 log = logging.getLogger("meshp2p.worker")
 
@@ -456,9 +457,11 @@ def load_model(
 
     CPU repacking is off either way: a worker's plain CPU buffers compute slightly
     different floats than repacked ones, and a split must answer exactly as a solo run.
-    Flash attention is on: with both, a decode of many tokens computes the same logits
-    and cache as one token at a time, bit for bit (``batches_exact``), so speculative
-    decoding and a resumed answer's replay give the text plain decoding gives.
+    Flash attention is on: with both, a decode of several tokens computes the same
+    logits and cache as one token at a time, bit for bit (``batches_exact``; up to
+    ``exact_batch`` tokens, 32 where ``main`` turned the tiled K-quant product off
+    with ``exact_kernels``), so speculative decoding and a resumed answer's replay give
+    the text plain decoding gives.
     A split keeps the output layer and embeddings on this host (``split_model_params``).
     """
     from ._llamacpp import OUTPUT_TENSORS, register_rpc_servers, split_model_params
@@ -564,6 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--draft", default="", help="a draft model (.gguf) sharing the vocabulary")
     args = parser.parse_args(argv)
+    exact_kernels()
     logging.basicConfig(
         level=os.environ.get("MESHP2P_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

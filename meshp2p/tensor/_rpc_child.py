@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .._errors import WorkerError
 from ..inference._llamacpp import ggml_libraries, rpc_endpoint_reachable
+from ..inference._speculative import exact_kernels
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 10.0
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         help="bytes this worker offers (reported only: RPC v7 cannot cap or announce it)",
     )
     args = parser.parse_args(argv)
+    # The host verifies speculative guesses in batches that must compute here what
+    # one-token decodes compute (inference._speculative.exact_kernels).
+    exact_kernels()
     if args.cache_dir is not None:
         args.cache_dir.mkdir(parents=True, exist_ok=True)
 

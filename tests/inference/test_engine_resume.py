@@ -8,11 +8,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 import pytest
 
 from meshp2p.inference._engine import Delta, Engine, Finish, Step
 from meshp2p.inference._models import ModelStore
+from meshp2p.inference._worker_child import load_model
 
 WEATHER = {
     "type": "function",
@@ -83,8 +83,11 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """Loaded as a worker loads it, so its batches are exact: the first run may decode
+    speculatively (greedy) and the replay in batches, yet the texts must be equal.
+    (A model loaded otherwise may turn a near tie: its resumed answers are not exact.)"""
     path: Path = ModelStore(tmp_path_factory.mktemp("home")).ensure_default().path
-    return Engine(llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=1, verbose=False))
+    return Engine(load_model(str(path), threads=1, ctx_size=2048))
 
 
 def events(engine: Engine, endpoint: str, params: dict[str, Any], replay: list[int]) -> list[Any]:

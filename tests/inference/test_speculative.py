@@ -19,8 +19,8 @@ from meshp2p.inference._models import ModelStore
 from meshp2p.inference._speculative import (
     DRAFT_MAX,
     DRAFT_START,
-    EXACT_BATCH,
     MIN_ACCEPTANCE,
+    TILED_MM_ENV,
     DraftModelProposer,
     DraftPolicy,
     NgramProposer,
@@ -28,6 +28,8 @@ from meshp2p.inference._speculative import (
     batches_exact,
     check_vocabularies,
     decode_tokens,
+    exact_batch,
+    tiled_matmul_off,
 )
 from meshp2p.inference._worker_child import load_model
 
@@ -73,6 +75,29 @@ def test_ngram_lengths_are_checked() -> None:
 
 
 # -- the draft policy -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "off"),
+    [
+        (None, False),
+        ("0", True),
+        (" 0", True),
+        ("00", True),
+        ("abc", True),
+        ("1", False),
+        ("2x", False),
+    ],
+)
+def test_the_tiled_product_switch_is_read_as_ggml_reads_it(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, off: bool
+) -> None:
+    """ggml: ``env == NULL || atoi(env) != 0`` keeps its tiled K-quant product on."""
+    if value is None:
+        monkeypatch.delenv(TILED_MM_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TILED_MM_ENV, value)
+    assert tiled_matmul_off() is off
 
 
 def test_draft_length_grows_on_acceptance_and_shrinks_on_rejection() -> None:
@@ -129,13 +154,15 @@ def gemma(gemma_path: Path) -> Any:
 def test_a_worker_model_decodes_a_batch_as_it_decodes_tokens_one_by_one(
     gemma: Any, context: int | None
 ) -> None:
-    """At several cache lengths: from 8 tokens a batch differs in a way that depends
-    on the cache (exact at 40 tokens, not at 60), so each length is checked."""
+    """At several cache lengths, as many tokens as a verification may hold: with the
+    tiled K-quant product on, a batch of 8 differed after 60 tokens of context but
+    not after 40."""
     assert batches_exact(gemma)
+    k = exact_batch(gemma)
     tokens = gemma.tokenize(("\n".join([CODE, JSON_PROMPT, CODE])).encode(), add_bos=True)
     assert len(tokens) > 200  # the plain attention path differs past ~64 tokens
     tokens = tokens[:context]
-    head, tail = tokens[:-EXACT_BATCH], tokens[-EXACT_BATCH:]
+    head, tail = tokens[:-k], tokens[-k:]
     gemma.reset()
     gemma.eval(head)
     one_by_one = []
@@ -166,6 +193,33 @@ def test_greedy_text_at_a_near_tie_deep_in_a_copy_is_the_same(gemma: Any) -> Non
     assert "count: int = 0" in plain.text
     assert fast.text == plain.text
     assert on.speculation.accepted > 48
+
+
+def test_a_greedy_request_answers_the_same_whether_its_prompt_was_cached_or_not(
+    gemma: Any,
+) -> None:
+    """bench_spec's Python file (a prompt of several hundred tokens): evaluated in one
+    batch with its last token, a fresh prompt wrote `count: int = 1` where the same
+    request with its prompt cached wrote `0`. Speculative or not, fresh or cached,
+    one text."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_spec", Path(__file__).parents[1] / "bench" / "bench_spec.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    params = {"prompt": bench.PROMPTS["copy"][0], "max_tokens": 96, "temperature": 0}
+    texts = []
+    for speculative in (False, False, True, True):
+        engine = Engine(gemma, speculative=speculative)
+        prepared = engine.prepare("completion", params)
+        if len(texts) % 2 == 0:
+            gemma.reset()  # fresh; the next run finds the prompt cached
+        events = list(engine.generate(prepared, threading.Event()))
+        assert isinstance(events[-1], Finish)
+        texts.append(events[-1].text)
+    assert "count: int = 0" in texts[0]
+    assert texts == [texts[0]] * 4
 
 
 def test_a_model_loaded_plainly_is_not_taken_as_exact(gemma_path: Path) -> None:
