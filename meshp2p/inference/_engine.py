@@ -357,13 +357,14 @@ class Engine:
         them, and with a seed it draws once for each too, so the tokens after them are
         those of the run they came from.
 
-        Greedy, on a model whose batches are exact (``exact_batch``: the worker's),
-        the replayed tokens go in batches of that many. Otherwise each replayed
-        token is evaluated alone, as generation did: in one batch of a model loaded
-        otherwise, the logits differ from a token-by-token run's in their last bits,
-        and that is enough to change a greedy token at a near tie; and a seeded
-        sampler draws from each position's logits. That costs about a third of
-        generating them (measured in docs/routing.md)."""
+        On a model whose batches are exact (``exact_batch``: the worker's), the
+        replayed tokens go in batches of that many, greedy or seeded (a seeded sampler
+        draws from each position's logits of the batch, which are those of one-token
+        decodes bit for bit). Otherwise each replayed token is evaluated alone, as
+        generation did: in one batch of a model loaded otherwise, the logits differ
+        from a token-by-token run's in their last bits, and that is enough to change a
+        token at a near tie. That costs about a third of generating them (measured in
+        docs/routing.md)."""
         import ctypes
 
         import llama_cpp
@@ -379,26 +380,43 @@ class Engine:
         try:
             llama.reset()
             eval_prompt(llama, prompt)
-            step = exact_batch(llama)
-            if not draws and step:
-                # Exact batches (the worker's models): greedy replay in batches that
-                # compute what one-token decodes did.
-                replay = list(pending)
-                for start in range(0, len(replay), step):
-                    chunk = replay[start : start + step]
-                    for token in chunk:
-                        sampler.accept(token)
-                        yield _REPLAYED
-                    llama.eval(chunk)
-                pending.clear()
-            while pending:
-                token = pending[0]
+
+            def draw(index: int) -> None:
+                # What sampling at this position drew (the seeded sampler's state moves
+                # on); the token itself is the replayed one.
                 if candidates is not None:
-                    logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(n_vocab,))
+                    logits = np.ctypeslib.as_array(
+                        llama._ctx.get_logits_ith(index), shape=(n_vocab,)
+                    )
                     candidates.copy_logits(logits)
                     llama_cpp.llama_sampler_apply(
                         sampler.sampler, ctypes.byref(candidates.candidates)
                     )
+
+            step = exact_batch(llama)
+            if step:
+                # Exact batches (the worker's models): replay in batches that compute
+                # what one-token decodes did, each position's logits too, from which a
+                # seeded sampler draws as it drew then.
+                replay = list(pending)
+                for start in range(0, len(replay), step):
+                    chunk = replay[start : start + step]
+                    draw(-1)  # the logits of the token before the chunk
+                    sampler.accept(chunk[0])
+                    yield _REPLAYED
+                    n_past = llama.n_tokens
+                    llama._batch.set_batch(batch=chunk, n_past=n_past, logits_all=draws)
+                    llama._ctx.decode(llama._batch)
+                    llama.input_ids[n_past : n_past + len(chunk)] = chunk
+                    llama.n_tokens = n_past + len(chunk)
+                    for i, token in enumerate(chunk[1:]):
+                        draw(i)
+                        sampler.accept(token)
+                        yield _REPLAYED
+                pending.clear()
+            while pending:
+                token = pending[0]
+                draw(-1)
                 sampler.accept(token)
                 yield _REPLAYED
                 llama.eval([token])
