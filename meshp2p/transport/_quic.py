@@ -87,6 +87,12 @@ PACING_SKIP = 0.002
 SMALL_SEND = 16 * 1024
 #: Datagrams read per ``recvmmsg`` round before other tasks get a turn.
 _RECV_ROUNDS = 16
+#: How late the timer may send an ACK that did not ride on a reply (QuicConn._pump,
+#: _rearm): far inside the max_ack_delay we announce (25 ms), and one wake-up of the
+#: timer then serves many round trips instead of one each.
+ACK_SLACK = 0.002
+#: Writes in a row that do not yield to the scheduler (as _noise does for TCP).
+_WRITE_STREAK = 8
 
 Address = tuple[str, int]
 
@@ -141,6 +147,7 @@ class QuicStream(IMuxedStream):
         self._head = 0
         self._buffered = 0
         self._readable = trio.Event()
+        self._waiting = False  # a task is parked in read()
         self._remote_fin = False
         self._local_fin = False
         self._reset = False
@@ -151,9 +158,10 @@ class QuicStream(IMuxedStream):
     def is_closed(self) -> bool:
         return self._reset or (self._local_fin and self._remote_fin)
 
-    def _on_data(self, data: bytes, fin: bool) -> None:
+    def _on_data(self, data: bytes, fin: bool) -> bool:
+        """Take the peer's data; True if it woke a task parked in ``read``."""
         if self._reset:
-            return
+            return False
         if data:
             self._chunks.append(data)
             self._buffered += len(data)
@@ -164,6 +172,7 @@ class QuicStream(IMuxedStream):
             self.conn._abort_stream(self, "the application stopped reading it")
         elif self.is_closed and not self._buffered:
             self.conn._forget(self)
+        return self._waiting
 
     def _on_reset(self, why: str) -> None:
         if self._reset:
@@ -187,7 +196,14 @@ class QuicStream(IMuxedStream):
             event = self._readable
             if event.is_set():
                 self._readable = event = trio.Event()
-            await self._wait(event, "read")
+            conn = self.conn
+            if conn._flush_pending:  # what the last datagrams asked for goes now
+                conn._transmit()
+            self._waiting = True
+            try:
+                await self._wait(event, "read")
+            finally:
+                self._waiting = False
         data = self._take(self._buffered if n is None or n < 0 else n)
         if self.is_closed and not self._buffered:
             self.conn._forget(self)
@@ -313,7 +329,6 @@ class QuicConn(IMuxedConn):
         self.event_closed = trio.Event()
         self.handshake_done = trio.Event()
         self._progress = trio.Event()
-        self._timer_changed = trio.Event()
         self._dead = False
         self._close_reason = ""
         self._peer_error: str | None = None
@@ -321,7 +336,17 @@ class QuicConn(IMuxedConn):
         # The peer's next bidirectional stream id: client-initiated ones are 0 mod 4.
         self._next_inbound = 1 if is_initiator else 0
         self._skipped_inbound: set[int] = set()
-        self._timer_at = math.inf  # the deadline run_timer sleeps until
+        # run_timer sleeps in this scope; its deadline is moved (never a task woken)
+        # when qh3's timer comes sooner.
+        self._timer_scope: trio.CancelScope | None = None
+        # Set when datagrams that woke a reader were received: what qh3 has to send
+        # now (an ACK) waits for that reader's reply or its next blocking read.
+        self._flush_pending = False
+        self._flush_by = math.inf
+        self._armed_at = math.inf  # the deadline of _timer_scope
+        self._write_streak = 0
+        # trio.current_time without its two layers of lookups (it is read per datagram).
+        self._clock = trio.lowlevel.current_clock().current_time
 
     # -- IMuxedConn ------------------------------------------------------------------
 
@@ -418,34 +443,55 @@ class QuicConn(IMuxedConn):
 
     def _now(self) -> float:
         # Never behind a time already given to qh3 (see _transmit's pacing skip).
-        now = trio.current_time()
+        now = self._clock()
         if now < self._floor:
             return self._floor
         return now
 
     def receive(self, datagrams: list[bytes]) -> None:
         now = self._now()
+        quic = self.quic
+        core = quic._core
         try:
-            if len(datagrams) == 1:
-                self.quic.receive_datagram(datagrams[0], self.remote, now)
+            if core is not None and quic._handshake_complete and quic._quic_logger is None:
+                # What qh3's receive_many_datagrams does after the handshake, less its
+                # per-call address check and logging hooks.
+                quic._call_core(core.receive_many_datagrams, datagrams, self.remote, now)
+                quic._drain_core()
             else:
-                self.quic.receive_many_datagrams(datagrams, self.remote, now)
+                quic.receive_many_datagrams(datagrams, self.remote, now)
         except Exception as exc:
             log.debug("QUIC %s: %s", self.remote, exc)
             self._peer_error = str(exc)
-        self._pump()
+        self._pump(may_defer=True)
 
-    def _pump(self) -> None:
+    def _pump(self, *, may_defer: bool = False) -> None:
         """Hand qh3's events to streams, send what it has, re-arm the timer.
+
+        With ``may_defer`` (datagrams just arrived), when the events woke a task
+        parked in ``read``, sending waits for that task: it usually answers at once,
+        and then what qh3 has due now (the ACK for these datagrams) leaves in the
+        same datagram as the answer, not in a datagram of its own: one datagram each
+        way per round trip, not two. The reader's write sends it, or its next read
+        that has to wait, or else the timer ACK_SLACK later.
 
         An error from qh3 ends this connection only: the listener's socket and its
         other connections go on.
         """
         quic = self.quic
         try:
-            while (event := quic.next_event()) is not None:
-                self._on_event(event)
-            self._transmit()
+            woke = False
+            pending = quic._events  # what quic.next_event() pops from
+            while pending:
+                if self._on_event(pending.popleft()):
+                    woke = True
+            if woke and may_defer:
+                if not self._flush_pending:
+                    self._flush_pending = True
+                    self._flush_by = self._now() + ACK_SLACK
+                self._rearm()
+            else:
+                self._transmit()
             closed = quic._close_event
             if closed is not None and not self._dead:
                 # The peer's CONNECTION_CLOSE: qh3 reports it only after the draining
@@ -454,47 +500,137 @@ class QuicConn(IMuxedConn):
                 why = closed.reason_phrase or f"code {closed.error_code}"
                 self._terminate(f"connection closed by the peer ({why})")
         except Exception as exc:
-            log.warning("QUIC connection to %s failed: %s", self.remote, exc)
-            self._peer_error = f"QUIC error: {exc}"
-            self._terminate(self._peer_error)
+            self._fail(exc)
         self._progress.set()
-        # Wake the timer task only when qh3 wants it sooner than it sleeps: a wake
-        # per datagram is a task switch per datagram.
-        due = quic.get_timer()
-        if due is not None and due < self._timer_at:
-            self._timer_changed.set()
 
-    def _transmit(self) -> None:
-        if self._dead:
+    def _fail(self, exc: Exception) -> None:
+        log.warning("QUIC connection to %s failed: %s", self.remote, exc)
+        self._peer_error = f"QUIC error: {exc}"
+        self._terminate(self._peer_error)
+
+    def _transmit(self, *, after_write: bool = False) -> None:
+        """Send every datagram qh3 has now (one ``sendmsg``), then re-arm the timer."""
+        self._flush_pending = False
+        core = self.quic._core
+        if self._dead or core is None:
             return
-        now = self._now()
-        quic = self.quic
-        core = quic._core
-        for _ in range(4):
-            datagrams = quic.datagrams_to_send(now)
-            if datagrams:
-                self.endpoint.send([d for d, _ in datagrams], self.remote)
-            # qh3 paces in whole datagrams of max_datagram_size: with the large ones
-            # a direct route allows, a 64-byte reply waited ~1 ms for pacing credit.
-            # Pacing spreads a burst over an RTT; when what waits is a small message,
-            # take the credit now (at most PACING_SKIP early); bulk data stays paced.
-            timer = core.get_timer() if core is not None else None
-            if timer is None or timer[0] != "pacing" or timer[1] - now > PACING_SKIP:
-                return
-            if datagrams and not 0 < quic.get_send_buffer_size() <= SMALL_SEND:
-                return
-            self._floor = now = timer[1]
-            quic.handle_timer(now)
+        try:
+            now = self._now()
+            # After a write: when everything qh3 had fitted in one small datagram, it
+            # is not asked again. qh3 charges every poll that congestion allows a whole
+            # max_datagram_size of pacing credit, even one that finds nothing to send,
+            # so the empty poll that ends the loop would double what a message-sized
+            # exchange costs the pacer (and hold its replies once credit runs out).
+            one_small = after_write and self.quic._handshake_confirmed
+            for _ in range(4):
+                # qh3's datagrams_to_send without its per-datagram logging hooks
+                # (they parse every packet header even with no logger).
+                datagrams = []
+                while (transmit := core.poll_transmit(now)) is not None:
+                    datagrams.append(transmit[0])
+                    if (
+                        one_small
+                        and len(transmit[0]) < QUIC_MIN
+                        and len(datagrams) == 1
+                        and not core.get_send_buffer_size(None)
+                    ):
+                        break
+                if datagrams:
+                    self.endpoint.send(datagrams, self.remote)
+                    self._progress.set()
+                # qh3 paces in whole datagrams of max_datagram_size: with the large
+                # ones a direct route allows, a 64-byte reply waited ~1 ms for pacing
+                # credit. Pacing spreads a burst over an RTT; when what waits is a
+                # small message, take the credit now (at most PACING_SKIP early); bulk
+                # data stays paced.
+                timer = core.get_timer()
+                if timer is None:
+                    break
+                kind, at = timer
+                if kind != "pacing":
+                    # qh3 shows only its earliest timer, and an ACK timer can hide the
+                    # pacer's: data that waits after a poll that sent nothing, with the
+                    # congestion window open, waits for pacing credit, at most one
+                    # datagram's worth at the pacer's rate (congestion window per RTT).
+                    if datagrams or not kind.startswith("ack"):
+                        break
+                    wait = self._pacing_wait(core)
+                    if wait is None:
+                        break
+                    at = now + wait
+                if at - trio.current_time() > PACING_SKIP:
+                    break
+                waiting = core.get_send_buffer_size(None)
+                if not waiting:
+                    break  # no data waits: qh3 polls its pacer even with nothing to send
+                if datagrams and waiting > SMALL_SEND:
+                    break
+                if at > now:
+                    self._floor = now = at
+                self.quic.handle_timer(now)
+            else:
+                timer = core.get_timer()
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._arm(timer)
 
-    def _on_event(self, event: events.QuicEvent) -> None:
+    def _pacing_wait(self, core: Any) -> float | None:
+        """At most how long qh3's pacer holds the next datagram (one datagram's worth
+        at congestion window per RTT); None when the congestion window holds it."""
+        window = core.congestion_window
+        size = self.quic.configuration.max_datagram_size
+        if window - core.bytes_in_flight < size:
+            return None
+        rtt = max(core.smoothed_rtt or self.quic.configuration.initial_rtt, 0.001)
+        return float(size * rtt / max(window, 1))
+
+    def _rearm(self) -> None:
+        core = self.quic._core
+        if self._timer_scope is not None and core is not None:
+            self._arm(core.get_timer())
+
+    def _arm(self, timer: tuple[str, float] | None) -> None:
+        """Make run_timer wake by qh3's next timer.
+
+        Its deadline only ever moves earlier here (moving it costs ~5 us; a wake-up
+        for nothing, when a deadline set here passed away meanwhile, costs a task
+        switch, and run_timer re-arms then). ACK timers get ACK_SLACK: in a
+        conversation the ACK rides on the next datagram out long before, and one
+        deadline then covers many round trips."""
+        scope = self._timer_scope
+        core = self.quic._core
+        if scope is None or core is None or timer is None:
+            return  # (no scope: run_timer is running and re-arms when it sleeps again)
+        kind, at = timer
+        armed = self._armed_at
+        if at < armed and kind.startswith("ack"):  # (later than armed: woken by then)
+            if not core.get_send_buffer_size(None):
+                if kind == "ack_application":
+                    at += ACK_SLACK
+            else:
+                # Data of ours waits too, held by the pacer whose own (later) timer
+                # this ACK timer hides: wake when the pacer lets it go.
+                wait = self._pacing_wait(core)
+                if wait is not None:
+                    at = max(at, self._now() + wait)
+        if self._flush_pending and at > self._flush_by:
+            at = self._flush_by
+        if at < armed:
+            scope.deadline = self._armed_at = at
+
+    def _on_event(self, event: events.QuicEvent) -> bool:
+        """Act on one qh3 event; True if it woke a task that may answer at once."""
         if isinstance(event, events.StreamDataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 stream = self._inbound_stream(event.stream_id)
                 if stream is None:
-                    return
-            stream._on_data(event.data, event.end_stream)
-        elif isinstance(event, events.StreamReset):
+                    return False
+                stream._on_data(event.data, event.end_stream)
+                return True  # a new stream: its handler answers (multistream-select)
+            return stream._on_data(event.data, event.end_stream)
+        if isinstance(event, events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream._on_reset(f"reset by the peer (code {event.error_code})")
@@ -507,6 +643,7 @@ class QuicConn(IMuxedConn):
         elif isinstance(event, events.ConnectionTerminated):
             why = event.reason_phrase or f"code {event.error_code}"
             self._terminate(f"connection closed by the peer ({why})")
+        return False
 
     def _inbound_stream(self, sid: int) -> QuicStream | None:
         """The peer's stream ``sid``, new; None if it is not a new stream of the peer's.
@@ -550,18 +687,33 @@ class QuicConn(IMuxedConn):
         self.handshake_done.set()
 
     def _send_stream(self, sid: int, data: bytes, fin: bool) -> None:
+        quic = self.quic
+        core = quic._core
         try:
-            self.quic.send_stream_data(sid, data, fin)
+            if core is not None and quic._handshake_complete:
+                # qh3's send_stream_data once the handshake is done, less its stream
+                # bookkeeping: open_stream recorded ours, the peer's need none.
+                core.send_stream(sid, data, fin)
+            else:
+                quic.send_stream_data(sid, data, fin)
         except Exception as exc:
             raise MuxedStreamReset(f"stream {sid}: {exc}") from None
-        self._pump()
+        self._transmit(after_write=True)
 
     async def _wait_for_send_room(self, stream: QuicStream) -> None:
-        await trio.lowlevel.checkpoint()
-        quic = self.quic
+        # A write that did not have to wait yields to the scheduler only every
+        # _WRITE_STREAK-th time in a row (as _noise's for TCP): a yield per write costs
+        # a scheduler pass per message, and py-libp2p's stream yields on its own lock.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._write_streak += 1
+        if self._write_streak >= _WRITE_STREAK:
+            self._write_streak = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        core = self.quic._core
         while not self._dead and not stream._reset:
-            if quic.get_send_buffer_size(stream.stream_id) <= SEND_HIGH_WATER:
+            if core is None or core.get_send_buffer_size(stream.stream_id) <= SEND_HIGH_WATER:
                 return
+            self._write_streak = 0
             event = self._progress
             if event.is_set():
                 self._progress = event = trio.Event()
@@ -596,31 +748,38 @@ class QuicConn(IMuxedConn):
             stream._on_reset(reason)
         self._accept_send.close()
         self._progress.set()
-        self._timer_changed.set()
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
         self.handshake_done.set()
         self.event_closed.set()
         self.endpoint.forget(self)
 
     async def run_timer(self) -> None:
-        """Fire qh3's timer (ACK delay, loss detection, idle timeout) when it is due."""
+        """Fire qh3's timer (ACK delay, loss detection, pacing, idle timeout) when it
+        is due, and send what a woken reader left unsent (see ``_pump``)."""
         while not self._dead:
-            event = self._timer_changed
-            if event.is_set():
-                self._timer_changed = event = trio.Event()
-            deadline = self.quic.get_timer()
-            self._timer_at = math.inf if deadline is None else deadline
-            with trio.move_on_at(self._timer_at) as scope:
-                await event.wait()
-            self._timer_at = -math.inf  # not sleeping: _pump need not wake it
-            if scope.cancelled_caught and not self._dead:
+            with trio.CancelScope() as scope:
+                self._timer_scope = scope
+                self._armed_at = math.inf
+                self._rearm()
+                await trio.sleep_forever()
+            self._timer_scope = None
+            if self._dead:
+                return
+            core = self.quic._core
+            timer = core.get_timer() if core is not None else None
+            now = self._now()
+            if timer is not None and timer[1] <= now:
                 try:
-                    self.quic.handle_timer(max(self._now(), deadline or 0.0))
+                    self.quic.handle_timer(now)
                 except Exception as exc:
                     self._terminate(f"QUIC error: {exc}")
                     return
                 self._pump()
                 if self.quic._close_event is not None and self.quic.get_timer() is None:
                     self._terminate("connection timed out")
+            elif self._flush_pending and now >= self._flush_by:
+                self._transmit()
 
     def __repr__(self) -> str:
         return f"<QuicConn {self.remote} peer={self.peer_id}>"
@@ -672,6 +831,10 @@ class _Endpoint:
                 if not batch:
                     break
                 self._deliver(batch)
+                if len(batch) == 1:
+                    # One datagram from a read with room for many: the socket was
+                    # empty (wait_readable says so at once if not), so no second read.
+                    break
             # No extra checkpoint: wait_readable is one (a scheduler pass per wake-up
             # is a round trip's worth of latency when both ends share a process).
 
