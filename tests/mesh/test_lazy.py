@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import trio
+from _meshes import start_mesh, until
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from meshp2p.mesh import Dead, LocalState, MeshService, _service
@@ -72,11 +71,6 @@ def test_tracking_is_bounded() -> None:
     assert lazy.holders("n9", 1) == {"a"}
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 (state without an event to wait on)
-        await trio.sleep(0.05)
-
-
 async def test_a_large_mesh_relays_announcements_as_adverts_and_every_node_gets_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -108,15 +102,7 @@ async def test_a_large_mesh_relays_announcements_as_adverts_and_every_node_gets_
         )
 
     async with trio.open_nursery() as nursery:
-        founder = service(0)
-        await nursery.start(founder.run)
-        bootstrap = InviteToken.decode(founder.invite_token()).bootstrap
-        services = [founder]
-        for i in range(1, n):
-            services.append(service(i, bootstrap))
-            await nursery.start(services[-1].run)
-        with trio.fail_after(60):
-            await until(lambda: all(len(s.view()) == n for s in services))
+        services = await start_mesh(nursery, service, n)
         assert all(s.large for s in services)
 
         def announced() -> int:

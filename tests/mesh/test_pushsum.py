@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 
 import pytest
 import trio
+from _meshes import start_mesh, until
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from meshp2p._errors import ProtocolError
 from meshp2p.mesh import DemandShare, LocalState, MeshService, MeshView, PushSum, Tick, _service
 from meshp2p.mesh._gossip import encode_gossip_message, parse_gossip_message
-from meshp2p.mesh._invite import InviteToken, MeshCredentials
+from meshp2p.mesh._invite import MeshCredentials
 from meshp2p.mesh._overlay import FULL_DIGEST_NODES, overlay_targets
 from meshp2p.mesh._pushsum import EPOCH_HEARTBEATS
 from meshp2p.planner import view_demand, wanted_only
@@ -121,13 +121,6 @@ def test_view_demand_takes_the_push_sum_estimate_where_it_is_higher() -> None:
 TCP = "/ip4/127.0.0.1/tcp/0"
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    while True:
-        if condition():
-            return
-        await trio.sleep(0.2)
-
-
 async def test_a_large_mesh_agrees_on_its_demand_by_push_sum(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -156,15 +149,9 @@ async def test_a_large_mesh_agrees_on_its_demand_by_push_sum(
         )
 
     async with trio.open_nursery() as nursery:
-        founder = service(0)
-        await nursery.start(founder.run)
-        bootstrap = InviteToken.decode(founder.invite_token()).bootstrap
-        services = [founder]
-        for i in range(1, n):
-            services.append(service(i, bootstrap))
-            await nursery.start(services[-1].run)
+        services = await start_mesh(nursery, service, n)
+        founder = services[0]
         with trio.fail_after(60):
-            await until(lambda: all(len(s.view()) == n for s in services))
             assert all(s.large for s in services)
             # Views agree: links tick instead of sending Summaries.
             root = founder.state.root()
