@@ -23,6 +23,7 @@ from ._speculative import (
     NgramProposer,
     Proposer,
     SpeculationStats,
+    decode_batch,
     decode_tokens,
     eval_prompt,
     exact_batch,
@@ -404,11 +405,7 @@ class Engine:
                     draw(-1)  # the logits of the token before the chunk
                     sampler.accept(chunk[0])
                     yield _REPLAYED
-                    n_past = llama.n_tokens
-                    llama._batch.set_batch(batch=chunk, n_past=n_past, logits_all=draws)
-                    llama._ctx.decode(llama._batch)
-                    llama.input_ids[n_past : n_past + len(chunk)] = chunk
-                    llama.n_tokens = n_past + len(chunk)
+                    decode_batch(llama, chunk, logits_all=draws)
                     for i, token in enumerate(chunk[1:]):
                         draw(i)
                         sampler.accept(token)

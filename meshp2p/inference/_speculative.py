@@ -416,10 +416,7 @@ def decode_tokens(
         n_past = llama.n_tokens
         step = [token, *guesses]
         ctx.kv_cache_seq_rm(-1, n_past, -1)
-        llama._batch.set_batch(batch=step, n_past=n_past, logits_all=True)
-        ctx.decode(llama._batch)
-        llama.input_ids[n_past : n_past + len(step)] = step
-        llama.n_tokens = n_past + len(step)
+        decode_batch(llama, step, logits_all=True)
         stats.verifications += 1
         stats.drafted += len(guesses)
         # Sampled in order, each after the sampler accepted the previous token, as
@@ -449,6 +446,17 @@ def decode_tokens(
         token = out[-1]
         text.extend(out)
         yield from out
+
+
+def decode_batch(llama: Any, tokens: Sequence[int], *, logits_all: bool) -> None:
+    """Evaluate ``tokens`` after the cache in one ``llama_decode`` (``Llama.eval`` splits
+    at ``n_batch`` and keeps only the last position's logits): every position's logits
+    with ``logits_all``, else the last one's. The caller keeps it within ``n_batch``."""
+    n_past = llama.n_tokens
+    llama._batch.set_batch(batch=list(tokens), n_past=n_past, logits_all=logits_all)
+    llama._ctx.decode(llama._batch)
+    llama.input_ids[n_past : n_past + len(tokens)] = tokens
+    llama.n_tokens = n_past + len(tokens)
 
 
 def prime_prompt(llama: Any, prompt: Sequence[int]) -> list[int]:

@@ -627,9 +627,7 @@ class MeshService:
             # missed, not on every link.
             if link is not None and link.peer_root is not None:
                 return [("tick", encode_frame(Tick(self.state.root()).to_map()))]
-            if link is not None:
-                link.summary_sent = trio.current_time()
-            return [("summary", encode_frame(Summary(self.state.summary()).to_map()))]
+            return [("summary", self._summary_frame(link))]
         return [("digest", encode_frame(d.to_map())) for d in _gossip.digests(entries)]
 
     def _share_demand(self) -> None:
@@ -775,9 +773,14 @@ class MeshService:
                 return True
         return False
 
-    def _send_summary(self, link: _Link, now: float) -> None:
-        link.summary_sent = now
-        self._send(link, encode_frame(Summary(self.state.summary()).to_map()), "summary")
+    def _summary_frame(self, link: _Link | None) -> bytes:
+        """Our Summary, to be sent on ``link`` (recorded as its ``summary_sent``)."""
+        if link is not None:
+            link.summary_sent = trio.current_time()
+        return encode_frame(Summary(self.state.summary()).to_map())
+
+    def _send_summary(self, link: _Link) -> None:
+        self._send(link, self._summary_frame(link), "summary")
 
     def _count(self, kind: str, frame: bytes) -> None:
         counted = self.sent_by_kind.setdefault(kind, {"frames": 0, "bytes": 0})
@@ -937,7 +940,7 @@ class MeshService:
             link.mismatches += 1
             if link.mismatches >= 2:
                 link.mismatches = 0
-                self._send_summary(link, now)
+                self._send_summary(link)
         elif isinstance(message, DemandShare):
             self.demand.receive(
                 message.epoch, message.weight, message.sums, time.time(), self.local_demand()
@@ -956,7 +959,7 @@ class MeshService:
                 # one lately, makes it answer with what *we* lack: a joiner learns the
                 # mesh in one exchange, not after two mismatched Ticks (10 s and more).
                 if now - link.summary_sent >= self.heartbeat_interval:
-                    self._send_summary(link, now)
+                    self._send_summary(link)
         elif isinstance(message, Digest):
             ours = self.state.digest()
             self.state.vouch((n for n, seq in message.entries.items() if ours.get(n) == seq), now)
