@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,18 @@ class LabNode(NodeProcess):
 
     def invite(self) -> str:
         return self.wait_for_line("invite: ").split(" ", 1)[1]
+
+    def freeze(self, seconds: float) -> None:
+        """Stop the node's process (SIGSTOP) for ``seconds``, then let it go on."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def flap(self, seconds: float) -> None:
+        """Take the node's link down for ``seconds``, then up again."""
+        self.host.link(False)
+        time.sleep(seconds)
+        self.host.link(True)
 
     def peer_ids(self) -> set[str]:
         return {p["id"] for p in self.status()["peers"]}

@@ -170,13 +170,9 @@ class Soak:
             self.hosts[name] = self.start(node.host, args)
             self.hosts[name].wait_ready()
         elif kind == "stop":
-            os.kill(node.proc.pid, signal.SIGSTOP)
-            time.sleep(rng.uniform(10, 30))
-            os.kill(node.proc.pid, signal.SIGCONT)
+            node.freeze(rng.uniform(10, 30))
         elif kind == "link":
-            node.host.link(False)
-            time.sleep(rng.uniform(5, 15))
-            node.host.link(True)
+            node.flap(rng.uniform(5, 15))
         else:
             node.host.cap("1mbit")
             time.sleep(20)

@@ -9,8 +9,6 @@ event), and once the fault heals the client's view lists both hosts again.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -134,13 +132,8 @@ def test_host_killed_mid_stream(mesh: Mesh) -> None:
 
 
 def test_host_frozen_for_30_s_mid_stream(mesh: Mesh) -> None:
-    def freeze(host: LabNode) -> None:
-        os.kill(host.proc.pid, signal.SIGSTOP)
-        time.sleep(30)
-        os.kill(host.proc.pid, signal.SIGCONT)
-
     started = time.monotonic()
-    events, _, after = mesh.stream_with_fault(freeze)
+    events, _, after = mesh.stream_with_fault(lambda host: host.freeze(30))
     assert outcome(events) in ("answered", "error"), events[-3:]
     assert after < 30 + ENDS_WITHIN, f"the stream went on {after:.1f} s after the freeze"
     # Thawed, the host takes part again.
@@ -149,12 +142,7 @@ def test_host_frozen_for_30_s_mid_stream(mesh: Mesh) -> None:
 
 
 def test_link_down_then_up_mid_stream(mesh: Mesh) -> None:
-    def flap(host: LabNode) -> None:
-        host.host.link(False)
-        time.sleep(10)
-        host.host.link(True)
-
-    events, _, after = mesh.stream_with_fault(flap)
+    events, _, after = mesh.stream_with_fault(lambda host: host.flap(10))
     assert outcome(events) in ("answered", "error"), events[-3:]
     assert after < ENDS_WITHIN, f"the stream went on {after:.1f} s after the link went down"
     mesh.wait_converged(timeout=40)

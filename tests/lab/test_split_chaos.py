@@ -11,7 +11,6 @@ event), and once the fault heals A splits with B again and answers.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -98,13 +97,8 @@ def test_split_worker_killed_mid_stream(split: Split) -> None:
 
 
 def test_split_worker_frozen_for_30_s_mid_stream(split: Split) -> None:
-    def freeze(b: LabNode) -> None:
-        os.kill(b.proc.pid, signal.SIGSTOP)
-        time.sleep(30)
-        os.kill(b.proc.pid, signal.SIGCONT)
-
     started = time.monotonic()
-    events, after = split.stream_with_fault(freeze)
+    events, after = split.stream_with_fault(lambda b: b.freeze(30))
     assert outcome(events) in ("answered", "error"), events[-3:]
     assert after < 30 + ENDS_WITHIN, f"the stream went on {after:.1f} s after the freeze"
     time.sleep(max(0.0, 31 - (time.monotonic() - started)))
@@ -112,12 +106,7 @@ def test_split_worker_frozen_for_30_s_mid_stream(split: Split) -> None:
 
 
 def test_split_worker_link_down_then_up_mid_stream(split: Split) -> None:
-    def flap(b: LabNode) -> None:
-        b.host.link(False)
-        time.sleep(10)
-        b.host.link(True)
-
-    events, after = split.stream_with_fault(flap)
+    events, after = split.stream_with_fault(lambda b: b.flap(10))
     assert outcome(events) in ("answered", "error"), events[-3:]
     assert after < ENDS_WITHIN, f"the stream went on {after:.1f} s after the link went down"
     time.sleep(max(0.0, 11 - after))
