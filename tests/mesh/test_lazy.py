@@ -8,7 +8,7 @@ from _meshes import start_mesh, until
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from meshp2p.mesh import Dead, LocalState, MeshService, _service
-from meshp2p.mesh._invite import InviteToken, MeshCredentials
+from meshp2p.mesh._invite import MeshCredentials
 from meshp2p.mesh._lazy import LazyPush
 from meshp2p.mesh._overlay import FULL_DIGEST_NODES, overlay_targets
 
@@ -166,7 +166,7 @@ async def test_a_node_falsely_reported_dead_refutes_at_once_wherever_it_was_buri
     credentials = MeshCredentials.new()
     local = LocalState("standby", (), (), 0, 0, {})
 
-    def service(bootstrap: tuple[str, ...] = ()) -> MeshService:
+    def service(i: int, bootstrap: tuple[str, ...] = ()) -> MeshService:
         return MeshService(
             create_new_key_pair(),
             credentials,
@@ -178,26 +178,25 @@ async def test_a_node_falsely_reported_dead_refutes_at_once_wherever_it_was_buri
             dead_after=60.0,
         )
 
-    async with trio.open_nursery() as nursery:
-        founder = service()
-        await nursery.start(founder.run)
-        bootstrap = InviteToken.decode(founder.invite_token()).bootstrap
-        services = [founder]
-        for _ in range(1, n):
-            services.append(service(bootstrap))
-            await nursery.start(services[-1].run)
-        with trio.fail_after(60):
-            await until(lambda: all(len(s.view()) == n for s in services))
-            # Every node heard from each of its links lately (so it vouches for them).
-            await trio.sleep(5.5)
-        victim = services[-1]
-        unlinked = [
+    def unlinked(victim: MeshService) -> list[MeshService]:
+        return [
             s
-            for s in services[:-1]
-            if victim.peer_id not in s._links and s.peer_id not in victim._links and s._links
+            for s in services
+            if s is not victim
+            and victim.peer_id not in s._links
+            and s.peer_id not in victim._links
+            and s._links
         ]
-        assert unlinked, "every node is linked to the victim; no one to bury it"
-        buryer = unlinked[0]
+
+    async with trio.open_nursery() as nursery:
+        services = await start_mesh(nursery, service, n)
+        # Every node heard from each of its links lately (so it vouches for them).
+        await trio.sleep(5.5)
+        # The overlay is random: the victim is a node that some member has no link to
+        # (the last joiner was linked to every other in one run of three).
+        victim = next((v for v in services[1:] if unlinked(v)), None)
+        assert victim is not None, "every node is linked to every other; no one to bury"
+        buryer = unlinked(victim)[0]
         held = buryer.state.announcement(victim.node_id)
         assert held is not None
         sender = next(iter(buryer._links))
@@ -207,7 +206,8 @@ async def test_a_node_falsely_reported_dead_refutes_at_once_wherever_it_was_buri
             await until(
                 lambda: all(
                     (a := s.state.announcement(victim.node_id)) is not None and a.seq > held.seq
-                    for s in services[:-1]
+                    for s in services
+                    if s is not victim
                 )
             )
         nursery.cancel_scope.cancel()
