@@ -30,6 +30,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import ID as PING
 from libp2p.host.ping import perform_ping_roundtrip
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
 
@@ -88,6 +89,9 @@ _REDIAL_GRAVE_EVERY = 5.0
 _GRAVES_PER_BEAT = 4
 _REJECTIONS_KEPT = 32
 _LEAVE_GRACE = 2.0
+#: After closing a link it no longer chose, a node waits this long for the peer's
+#: answering stream to close too; one still open means the peer chose this node.
+_ANSWER_GRACE = 5.0
 _REAP_EVERY = 1.0
 _PROBES = 2
 _PROBE_WAIT = 1.0
@@ -125,6 +129,12 @@ class _Link:
     #: We chose this peer (dialled it, or target it in the overlay); else the link only
     #: answers the peer's own link to us, and goes when that does.
     initiated: bool = True
+    #: For a link that answers: the peer's stream it answers. It closes when that
+    #: stream ends cleanly and no other is open, never on another stream's end: an
+    #: answer is always to a stream opened before it, so two links can never hold
+    #: each other open (answers matched to "some stream from the peer" did: two
+    #: answers, each kept by the other's stream, re-opened each other endlessly).
+    answers: INetStream | None = None
     #: The peer sends Summaries (its view is large): answer in kind, so that it sends
     #: us digests of the buckets where we differ (a joiner learns the mesh this way).
     summaries: bool = False
@@ -194,8 +204,10 @@ class MeshService:
         self._host: IHost | None = None
         self._nursery: trio.Nursery | None = None
         self._links: dict[ID, _Link] = {}
-        #: Open gossip streams from each peer (its links to us).
-        self._inbound: dict[ID, int] = {}
+        #: The gossip streams each peer has open to us (its links), oldest first.
+        self._inbound: dict[ID, list[INetStream]] = {}
+        #: When we last closed our link to a peer on purpose (trio time).
+        self._unlinked_at: dict[ID, float] = {}
         self._dialing: set[ID] = set()
         self._last_dial: dict[ID, float] = {}
         self._own: Announcement | None = None
@@ -382,21 +394,34 @@ class MeshService:
         if first:
             log.info("peer %s proved mesh membership", peer)
 
-    def _link_up(self, peer: ID, *, initiated: bool) -> None:
+    def _link_up(self, peer: ID, *, initiated: bool, answers: INetStream | None = None) -> None:
         """Gossip with a member: open our outbound link and share the DHT with it.
 
         Only for peers that gossip (we dialled them as a full node, or they opened
         a gossip stream to us): passive clients never get here, so a server keeps
         no gossip or DHT state for them. ``initiated``: we chose the peer, rather than
-        answering its link to us.
+        answering its link to us (``answers``: the stream of that link).
         """
         if self.client or self._leaving or self._nursery is None:
             return
         held = self._links.get(peer)
         if held is not None:
             held.initiated = held.initiated or initiated
+            if not held.initiated and held.answers is None:
+                held.answers = answers
             return
-        self._nursery.start_soon(self._run_link, peer, initiated)
+        send, receive = trio.open_memory_channel[bytes](_LINK_BUFFER)
+        link = _Link(peer, send, initiated=initiated, answers=None if initiated else answers)
+        self._links[peer] = link
+        # Open with our view: our own announcement first, then what we hold.
+        if self._own is not None:
+            own = encode_frame(Announce(self._own).to_map())
+            send.send_nowait(own)
+            self._count("announce", own)
+        for kind, frame in self._heartbeat_frames(link):
+            send.send_nowait(frame)
+            self._count(kind, frame)
+        self._nursery.start_soon(self._run_link, link, receive)
         if self.kad is not None:
             addrs = self.host.get_peerstore().addrs(peer)
             self._nursery.start_soon(self.kad.add_peer, peer, addrs)
@@ -709,6 +734,7 @@ class MeshService:
             link = self._links.get(peer)
             if link is not None:
                 link.initiated = True  # ours now, even if the peer opened it first
+                link.answers = None
                 continue
             if peer in self._dialing:
                 continue
@@ -717,19 +743,38 @@ class MeshService:
             info = view.peer(node_id)
             addrs = transport_addrs(info.addrs) if info is not None else []
             self._nursery.start_soon(self._dial_known, peer, addrs)
+        for peer, at in list(self._unlinked_at.items()):
+            if now - at > _ANSWER_GRACE:
+                del self._unlinked_at[peer]
         wanted = {ID.from_base58(t) for t in targets}
         if len(wanted & set(self._links)) < len(wanted):
             return  # not settled yet: keep every link until the targets are up
         for peer, link in list(self._links.items()):
-            if link.initiated and peer not in wanted and peer not in self._inbound:
+            if link.initiated and peer not in wanted:
                 log.debug("overlay: closing our link to %s", peer)
                 self._unlink(link)
+                if peer in self._inbound:
+                    self._nursery.start_soon(self._answer_if_chosen, peer)
+
+    async def _answer_if_chosen(self, peer: ID) -> None:
+        """A closed link's peer also streams to us: an answer to our link, which it
+        closes when ours ends (``_handle_gossip``), or a link it chose itself, which
+        it keeps, and which we must answer again or it hears nothing from us and
+        buries us. (Keeping every link the peer streamed on, as before, kept them all:
+        each answer is such a stream, so a joiner's first links never closed.) If both
+        close at once, our answer is closed again when its stream ends."""
+        await trio.sleep(_ANSWER_GRACE)
+        streams = self._inbound.get(peer)
+        if streams and peer not in self._links and peer in self.members:
+            log.debug("overlay: %s chose us; answering its link", peer)
+            self._link_up(peer, initiated=False, answers=streams[-1])
 
     def _unlink(self, link: _Link) -> None:
         """Close a link cleanly: its writer flushes and closes the stream, and the peer's
         silence no longer means anything (others watch it)."""
         self._drop_link(link)
         self.state.unwatch(link.peer.to_base58())
+        self._unlinked_at[link.peer] = trio.current_time()
 
     async def _dial_known(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         """Dial a node learned by gossip; if it announced no usable address, ask the DHT."""
@@ -841,19 +886,11 @@ class MeshService:
             del self._links[link.peer]
         link.send.close()
 
-    async def _run_link(self, peer: ID, initiated: bool = True) -> None:
-        send, receive = trio.open_memory_channel[bytes](_LINK_BUFFER)
-        link = _Link(peer, send, initiated=initiated)
-        self._links[peer] = link
-        # Open with our view: our own announcement first, then what we hold.
-        if self._own is not None:
-            own = encode_frame(Announce(self._own).to_map())
-            send.send_nowait(own)
-            self._count("announce", own)
-        for kind, frame in self._heartbeat_frames(link):
-            send.send_nowait(frame)
-            self._count(kind, frame)
+    async def _run_link(self, link: _Link, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        peer = link.peer
         try:
+            if self._links.get(peer) is not link:
+                return  # closed before it opened: the peer need not hear of it
             with trio.fail_after(_DIAL_TIMEOUT):
                 link.stream = await self.host.new_stream(peer, [GOSSIP])
             async with receive:
@@ -875,8 +912,17 @@ class MeshService:
 
     async def _handle_gossip(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        self._inbound[peer] = self._inbound.get(peer, 0) + 1
-        self._link_up(peer, initiated=False)  # it gossips with us, so we gossip with it
+        self._inbound.setdefault(peer, []).append(stream)
+        # It gossips with us, so we gossip with it; but not at once when we closed
+        # our link to it just now: this stream may be its answer to that link, opened
+        # late, about to close, and answering it would make the two sides answer each
+        # other's answers without end.
+        unlinked_at = self._unlinked_at.get(peer, float("-inf"))
+        if trio.current_time() - unlinked_at < _ANSWER_GRACE and peer not in self._links:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._answer_if_chosen, peer)
+        else:
+            self._link_up(peer, initiated=False, answers=stream)
         decoder = FrameDecoder(_gossip.MAX_FRAME)
         ended_cleanly = False
         try:
@@ -893,18 +939,36 @@ class MeshService:
             log.warning("bad gossip from %s: %s", peer, exc)
             self._reject(peer, f"bad gossip: {exc}")
             await stream.reset()
-        except Exception as exc:  # StreamEOF, StreamReset, connection loss
+        except StreamEOF:  # the peer closed its side: on purpose
+            ended_cleanly = True
+        except Exception as exc:  # StreamReset, connection loss
             log.debug("gossip stream from %s ended: %r", peer, exc)
         finally:
-            self._inbound[peer] -= 1
-            if not self._inbound[peer]:
-                del self._inbound[peer]
-                link = self._links.get(peer)
-                # The peer closed its link on purpose (the overlay moved on): close the
-                # one that only answered it. A broken stream is the link task's to probe.
-                if ended_cleanly and link is not None and not link.initiated:
-                    self._unlink(link)
+            self._stream_ended(peer, stream, cleanly=ended_cleanly)
             await close_quietly(stream)
+
+    def _stream_ended(self, peer: ID, stream: INetStream, *, cleanly: bool) -> None:
+        """The peer closed its link on purpose (the overlay moved on): close the one
+        that answered it. A broken stream is the peer's link task's to probe: our
+        answer stays, for the peer's next stream (or to end with its next clean end).
+        A stream of the peer's still open is answered after a grace, not at once:
+        it may be the peer's answer to the link we close, and answering it at once
+        could set the two sides re-opening each other's answers."""
+        streams = self._inbound.get(peer, [])
+        if stream in streams:
+            streams.remove(stream)
+        if not streams:
+            self._inbound.pop(peer, None)
+        link = self._links.get(peer)
+        if link is None or link.initiated:
+            return
+        if link.answers is stream:
+            link.answers = None
+        if link.answers is not None or not cleanly:
+            return  # it answers another stream, still open; or wait for the next
+        self._unlink(link)
+        if streams and self._nursery is not None:
+            self._nursery.start_soon(self._answer_if_chosen, peer)
 
     def _on_message(self, sender: ID, raw: Mapping[str, Any]) -> None:
         now = trio.current_time()

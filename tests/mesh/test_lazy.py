@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import pytest
 import trio
 from _meshes import start_mesh, until
@@ -10,9 +12,55 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from meshp2p.mesh import Dead, LocalState, MeshService, _service
 from meshp2p.mesh._invite import MeshCredentials
 from meshp2p.mesh._lazy import LazyPush
-from meshp2p.mesh._overlay import FULL_DIGEST_NODES, overlay_targets
+from meshp2p.mesh._overlay import FULL_DIGEST_NODES
 
 TCP = "/ip4/127.0.0.1/tcp/0"
+
+
+def ring_targets(members: Iterable[str], me: str) -> list[str]:
+    """Each node chooses the next two node ids after its own: a fixed overlay of
+    degree 4 (two chosen, two choosing), where in a mesh of 8 every node has three
+    members it is not linked to. (The rendezvous overlay with 2 choices is random:
+    the last joiner was linked to every other node in about one run of three.)"""
+    ring = sorted(set(members) | {me})
+    at = ring.index(me)
+    return [ring[(at + k) % len(ring)] for k in (1, 2) if ring[(at + k) % len(ring)] != me]
+
+
+def ring_service(
+    credentials: MeshCredentials, local: Callable[[int], LocalState]
+) -> Callable[..., MeshService]:
+    """A factory for ``start_mesh``: node ``i`` announces ``local(i)``; heartbeats are
+    slow, so a change travels by relay, not by repair."""
+
+    def service(i: int, bootstrap: tuple[str, ...] = ()) -> MeshService:
+        return MeshService(
+            create_new_key_pair(),
+            credentials,
+            local=lambda: local(i),
+            version="test",
+            listen=[TCP],
+            bootstrap=bootstrap,
+            heartbeat_interval=5.0,
+            dead_after=60.0,
+        )
+
+    return service
+
+
+async def settle_on_the_ring(services: list[MeshService]) -> None:
+    """Wait until every node's links are its ring neighbours and no others: a joiner's
+    first link (to the founder) closes at a heartbeat once its own targets are up."""
+    ring = sorted(s.node_id for s in services)
+
+    def neighbours(s: MeshService) -> set[str]:
+        at = ring.index(s.node_id)
+        return {ring[(at + k) % len(ring)] for k in (-2, -1, 1, 2)}
+
+    with trio.fail_after(30):
+        await until(
+            lambda: all({p.to_base58() for p in s._links} == neighbours(s) for s in services)
+        )
 
 
 def test_an_id_advertised_by_many_is_wanted_from_the_first_only() -> None:
@@ -71,6 +119,34 @@ def test_tracking_is_bounded() -> None:
     assert lazy.holders("n9", 1) == {"a"}
 
 
+async def test_links_the_overlay_no_longer_needs_close_and_stay_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every joiner first links to the founder, and to the few members it knows; once
+    its overlay targets are linked it closes the rest, and the peers close their
+    answers to them. Each peer also streams to the closing side, so a node that kept
+    every link a peer streamed on never closed one (the founder stayed linked to every
+    node); and answers that answered each other re-opened each other without end."""
+    monkeypatch.setattr(_service, "FULL_DIGEST_NODES", 3)
+    monkeypatch.setattr(_service, "overlay_targets", ring_targets)
+    n = 8
+    local = LocalState("standby", (), (), 0, 0, {})
+    async with trio.open_nursery() as nursery:
+        services = await start_mesh(
+            nursery, ring_service(MeshCredentials.new(), lambda i: local), n
+        )
+        await settle_on_the_ring(services)
+        links = [{p: id(link) for p, link in s._links.items()} for s in services]
+        sent = sum(s.counters["frames_sent"] for s in services)
+        await trio.sleep(2.0)  # under one heartbeat: nothing is due but churn
+        # The same link objects: none was closed and opened again.
+        assert [{p: id(link) for p, link in s._links.items()} for s in services] == links
+        assert all(len(s._inbound) == 4 for s in services)  # one stream per neighbour
+        # At most a heartbeat's frames on each link (churn sent hundreds).
+        assert sum(s.counters["frames_sent"] for s in services) - sent <= 2 * 4 * n
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_large_mesh_relays_announcements_as_adverts_and_every_node_gets_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -82,28 +158,15 @@ async def test_a_large_mesh_relays_announcements_as_adverts_and_every_node_gets_
     monkeypatch.setattr(_service, "FULL_DIGEST_NODES", 3)
     # Each node chooses 2 others (not 8): in a mesh of 8, most nodes then hear of a
     # change by relay, as in a large mesh.
-    monkeypatch.setattr(
-        _service, "overlay_targets", lambda members, me: overlay_targets(members, me, 2)
-    )
+    monkeypatch.setattr(_service, "overlay_targets", ring_targets)
     n = 8
-    credentials = MeshCredentials.new()
     states = [LocalState("standby", (), (), 0, 0, {}) for _ in range(n)]
-
-    def service(i: int, bootstrap: tuple[str, ...] = ()) -> MeshService:
-        return MeshService(
-            create_new_key_pair(),
-            credentials,
-            local=lambda: states[i],
-            version="test",
-            listen=[TCP],
-            bootstrap=bootstrap,
-            heartbeat_interval=5.0,  # slow: the change must travel by relay, not repair
-            dead_after=60.0,
-        )
+    service = ring_service(MeshCredentials.new(), lambda i: states[i])
 
     async with trio.open_nursery() as nursery:
         services = await start_mesh(nursery, service, n)
         assert all(s.large for s in services)
+        await settle_on_the_ring(services)
 
         def announced() -> int:
             return sum(s.sent_by_kind.get("announce", {}).get("frames", 0) for s in services)
@@ -139,7 +202,7 @@ async def test_a_large_mesh_relays_announcements_as_adverts_and_every_node_gets_
         # Relays went out as adverts; the bodies, counted over all nodes but the
         # changer's own sends, are about one per node (each Wanted once).
         relayed_to = n - 1 - len(changer._links)  # not linked to the changer itself
-        assert relayed_to > 0
+        assert relayed_to == 3  # the ring: linked to two after it and two before
         assert sum(sent(i, "advert") for i in others) > 0
         # Each node Wants the body at most once (a node linked to the changer may ask
         # a relay before the changer's own copy lands), and the bodies relays send are
@@ -159,24 +222,10 @@ async def test_a_node_falsely_reported_dead_refutes_at_once_wherever_it_was_buri
     fraction of a heartbeat (not never: an equal seq cannot resurrect a node, and
     only the node itself can raise it)."""
     monkeypatch.setattr(_service, "FULL_DIGEST_NODES", 3)
-    monkeypatch.setattr(
-        _service, "overlay_targets", lambda members, me: overlay_targets(members, me, 2)
-    )
+    monkeypatch.setattr(_service, "overlay_targets", ring_targets)
     n = 8
-    credentials = MeshCredentials.new()
     local = LocalState("standby", (), (), 0, 0, {})
-
-    def service(i: int, bootstrap: tuple[str, ...] = ()) -> MeshService:
-        return MeshService(
-            create_new_key_pair(),
-            credentials,
-            local=lambda: local,
-            version="test",
-            listen=[TCP],
-            bootstrap=bootstrap,
-            heartbeat_interval=5.0,
-            dead_after=60.0,
-        )
+    service = ring_service(MeshCredentials.new(), lambda i: local)
 
     def unlinked(victim: MeshService) -> list[MeshService]:
         return [
@@ -190,12 +239,12 @@ async def test_a_node_falsely_reported_dead_refutes_at_once_wherever_it_was_buri
 
     async with trio.open_nursery() as nursery:
         services = await start_mesh(nursery, service, n)
+        await settle_on_the_ring(services)
         # Every node heard from each of its links lately (so it vouches for them).
         await trio.sleep(5.5)
-        # The overlay is random: the victim is a node that some member has no link to
-        # (the last joiner was linked to every other in one run of three).
-        victim = next((v for v in services[1:] if unlinked(v)), None)
-        assert victim is not None, "every node is linked to every other; no one to bury"
+        # On the ring every node has three members it is not linked to.
+        victim = services[-1]
+        assert len(unlinked(victim)) == 3
         buryer = unlinked(victim)[0]
         held = buryer.state.announcement(victim.node_id)
         assert held is not None
