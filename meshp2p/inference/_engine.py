@@ -30,6 +30,7 @@ from ._speculative import (
     first_of,
     prime_prompt,
 )
+from ._threads import BatchThreads
 from ._toolcalls import ToolCall, parse_tool_calls
 from ._toolemu import CALL_OPEN, any_call_grammar, emulate_tools, has_tool_turns, rewrite_messages
 
@@ -125,6 +126,9 @@ class Engine:
     checked by the caller) when there is one. Requests with a seed and a temperature
     above 0 decode plainly: their random draws must meet the very logits of plain
     decoding, and a batch computes some in other last bits.
+
+    ``batch_threads`` chooses the threads of each prompt and verification batch (more
+    while the machine's other processes leave cores idle).
     """
 
     def __init__(
@@ -134,10 +138,13 @@ class Engine:
         default_max_tokens: int = 0,
         speculative: bool = True,
         draft: Any | None = None,
+        batch_threads: BatchThreads | None = None,
     ) -> None:
         from llama_cpp import llama_chat_format
 
         self.llama = llama
+        #: Threads for decodes of several tokens, chosen before each (``_threads``).
+        self.batch_threads = batch_threads
         self.default_max_tokens = default_max_tokens
         self.speculative = speculative
         self.draft = draft
@@ -380,6 +387,7 @@ class Engine:
         candidates = _internals.LlamaTokenDataArray(n_vocab=n_vocab) if draws else None
         try:
             llama.reset()
+            self._before_batch()
             eval_prompt(llama, prompt)
 
             def draw(index: int) -> None:
@@ -405,6 +413,7 @@ class Engine:
                     draw(-1)  # the logits of the token before the chunk
                     sampler.accept(chunk[0])
                     yield _REPLAYED
+                    self._before_batch()
                     decode_batch(llama, chunk, logits_all=draws)
                     for i, token in enumerate(chunk[1:]):
                         draw(i)
@@ -438,6 +447,7 @@ class Engine:
         self, req: PreparedRequest, prompt: list[int], grammar: Any, speculative: bool
     ) -> Generator[int, None, None]:
         if not (speculative and self.speculates(req, grammar)):
+            self._before_batch()
             prime_prompt(self.llama, prompt)
             return self.llama.generate(prompt, grammar=grammar, **req.sampling)  # type: ignore[no-any-return]
         proposer: Proposer = NgramProposer()
@@ -458,7 +468,12 @@ class Engine:
             self.speculation,
             guard,
             max_step,
+            self._before_batch,
         )
+
+    def _before_batch(self) -> None:
+        if self.batch_threads is not None:
+            self.batch_threads.apply(self.llama, self.llama.context_params.n_threads)
 
     def generate(
         self,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -377,6 +377,7 @@ def decode_tokens(
     stats: SpeculationStats,
     guard: float | None = None,
     max_step: int | None = None,
+    before_batch: Callable[[], object] | None = None,
 ) -> Generator[int, None, None]:
     """The tokens that ``llama.generate(prompt, grammar=grammar, **sampling)`` yields,
     verifying guesses of ``proposer`` in batches when ``policy`` says so.
@@ -388,12 +389,15 @@ def decode_tokens(
     ``guard`` (greedy requests): a position of the batch whose best logit leads the
     next by less than this is evaluated again alone, so that the last bits in which a
     batch differs cannot turn a near tie the other way. ``max_step``: the most tokens
-    a verification decodes (``exact_batch`` keeps batches exact).
+    a verification decodes (``exact_batch`` keeps batches exact). ``before_batch`` is
+    called before each decode of several tokens (``_threads``: how many threads).
     """
     sampler = llama._init_sampler(grammar=grammar, **sampling)
     llama._sampler = sampler
     ctx = llama._ctx
     processor = sampling.get("logits_processor")
+    if before_batch is not None:
+        before_batch()
     eval_prompt(llama, prompt)
     token = sampler.sample(ctx, -1)
     text = [*prompt, token]  # the prompt and every token yielded
@@ -416,6 +420,8 @@ def decode_tokens(
         n_past = llama.n_tokens
         step = [token, *guesses]
         ctx.kv_cache_seq_rm(-1, n_past, -1)
+        if before_batch is not None:
+            before_batch()
         decode_batch(llama, step, logits_all=True)
         stats.verifications += 1
         stats.drafted += len(guesses)

@@ -75,6 +75,9 @@ class WorkerSettings:
     log_dir: Path
     #: Threads for prompt evaluation; None: as many as ``threads``.
     threads_batch: int | None = None
+    #: Threads for batches while the machine's other processes leave cores idle
+    #: (``_threads``); None: ``threads_batch`` always.
+    threads_batch_idle: int | None = None
     max_queue: int = 64
     queue_timeout: float = 300.0
     #: Tokens generated for a request that names no max_tokens (0: up to the context).
@@ -130,6 +133,9 @@ class InferenceWorker:
             "n_ctx": self.info.get("n_ctx"),
             "threads": self.settings.threads,
             "threads_batch": self.settings.threads_batch or self.settings.threads,
+            "threads_batch_idle": self.settings.threads_batch_idle
+            or self.settings.threads_batch
+            or self.settings.threads,
             "load_s": self.info.get("load_s"),
             "launch": self.launch.info if self.launch else None,
             "tools_supported": self.info.get("tools_supported", False),
@@ -223,6 +229,7 @@ class InferenceWorker:
             str(s.threads),
             "--threads-batch",
             str(s.threads_batch or s.threads),
+            *(["--threads-batch-idle", str(s.threads_batch_idle)] if s.threads_batch_idle else []),
             "--ctx-size",
             str(s.ctx_size),
             "--max-queue",

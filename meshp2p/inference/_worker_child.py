@@ -49,6 +49,7 @@ from ..api._shapes import AnswerShaper, ChatShaper, Ending, shaper_for
 from ._embed import Embedder, load_embedder, pooling_for
 from ._engine import Cancelled, Delta, Engine, Finish, Step
 from ._speculative import exact_kernels
+from ._threads import BatchThreads
 
 log = logging.getLogger("meshp2p.worker")
 
@@ -516,11 +517,13 @@ async def serve(args: argparse.Namespace) -> None:
     draft = None
     if args.draft and not args.no_speculative:
         draft = await trio.to_thread.run_sync(load_draft, args.draft, llama, args.threads)
+    base = args.threads_batch or args.threads
     engine = Engine(
         llama,
         default_max_tokens=args.default_max_tokens,
         speculative=not args.no_speculative,
         draft=draft,
+        batch_threads=BatchThreads(base, args.threads_batch_idle or base),
     )
     embedder = None
     if not args.rpc:
@@ -551,6 +554,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-id", required=True)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--threads-batch", type=int, default=None, help="default: --threads")
+    parser.add_argument(
+        "--threads-batch-idle",
+        type=int,
+        default=None,
+        help="threads for batches while other processes leave cores idle (default: "
+        "--threads-batch)",
+    )
     parser.add_argument("--ctx-size", type=int, default=4096)
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument(

@@ -183,3 +183,10 @@ def default_threads(models: int, cores: int) -> tuple[int, int]:
     """
     share = max(1, (cores - 1) // max(1, models))
     return share, share
+
+
+def idle_batch_threads(models: int, cores: int) -> int:
+    """llama.cpp threads per model for a batch (a prompt, a speculative verification)
+    while the machine's other processes leave cores idle (``inference._threads``):
+    every core, shared by the models."""
+    return max(default_threads(models, cores)[1], cores // max(1, models))

@@ -55,7 +55,7 @@ from ..tensor._service import (
     open_tunnels,
 )
 from ..transport._identity import load_or_create_key, peer_id
-from ._config import NodeConfig, default_threads, is_loopback
+from ._config import NodeConfig, default_threads, idle_batch_threads, is_loopback
 from ._console_view import console_status
 from ._discovery import NodeDiscovery, pick_mesh
 from ._home import HomeLock, remember_models, remembered_models
@@ -425,15 +425,20 @@ class Node:
     def _make_worker(self, file: ModelFile, layout: GgufLayout, models: int) -> InferenceWorker:
         """A worker for ``file``, its threads shared with ``models`` models in all."""
         cfg = self.config
-        threads, threads_batch = default_threads(models, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        threads, threads_batch = default_threads(models, cores)
         if cfg.threads is not None:
             threads = threads_batch = cfg.threads
+        # Batches may take every core (this model's share of them) while other
+        # processes leave them idle; not when the user set the threads.
+        idle = None if cfg.threads_batch or cfg.threads else idle_batch_threads(models, cores)
         return InferenceWorker(
             WorkerSettings(
                 model_id=file.id,
                 model_path=file.path,
                 threads=threads,
                 threads_batch=cfg.threads_batch or threads_batch,
+                threads_batch_idle=idle,
                 ctx_size=cfg.ctx_size,
                 log_dir=cfg.home / "logs",
                 max_queue=cfg.max_queue,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -182,6 +183,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads-batch-idle",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the solo child's batch threads while other processes leave cores idle "
+        "(default: every core, as a node with one model; the split's nodes use their "
+        "defaults)",
+    )
     parser.add_argument("--skip-split", action="store_true", help="solo only")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "spec.json")
     args = parser.parse_args()
@@ -191,6 +200,7 @@ def main() -> int:
         "rounds": args.rounds,
         "max_tokens": args.max_tokens,
         "threads": args.threads,
+        "threads_batch_idle": args.threads_batch_idle,
     }
     nodes: list[NodeProcess] = []
     children: list[subprocess.Popen[str]] = []
@@ -207,6 +217,8 @@ def main() -> int:
                     "solo",
                     "--threads",
                     str(args.threads),
+                    "--threads-batch-idle",
+                    str(args.threads_batch_idle),
                 ],
                 base / "solo.log",
             )
