@@ -64,17 +64,16 @@ class _Machine:
     def stat(self) -> str:
         return f"cpu  {round(self.busy * 100)} 0 0 {round(self.idle * 100)} 0 0 0 0"
 
+    def batch_threads(self) -> BatchThreads:
+        """One generation thread, up to two for a batch, reading this machine."""
+        return BatchThreads(
+            1, 2, cores=2, read_stat=self.stat, own_seconds=lambda: self.own, clock=lambda: self.now
+        )
+
 
 def test_the_choice_follows_what_other_processes_use_not_this_one() -> None:
     machine = _Machine()
-    threads = BatchThreads(
-        1,
-        2,
-        cores=2,
-        read_stat=machine.stat,
-        own_seconds=lambda: machine.own,
-        clock=lambda: machine.now,
-    )
+    threads = machine.batch_threads()
     assert threads.choose() == 1  # nothing measured yet
     # This worker decoded on both cores for a second; nothing else ran.
     machine.run(1.0, others=0.0, own=2.0)
@@ -128,14 +127,7 @@ def test_a_batch_computes_the_same_logits_on_one_thread_or_two(gemma: Any) -> No
 def test_speculation_on_a_spare_core_answers_as_plain_decoding(gemma: Any) -> None:
     """An idle machine as the worker sees it: batches on two threads."""
     machine = _Machine()
-    threads = BatchThreads(
-        1,
-        2,
-        cores=2,
-        read_stat=machine.stat,
-        own_seconds=lambda: machine.own,
-        clock=lambda: machine.now,
-    )
+    threads = machine.batch_threads()
     machine.run(1.0, others=0.0, own=1.0)
     params = {"prompt": COPY_PROMPT, "max_tokens": 64, "temperature": 0}
     fast = finish(Engine(gemma, batch_threads=threads), params)
