@@ -130,10 +130,10 @@ class _Link:
     #: answers the peer's own link to us, and goes when that does.
     initiated: bool = True
     #: For a link that answers: the peer's stream it answers. It closes when that
-    #: stream ends cleanly and no other is open, never on another stream's end: an
-    #: answer is always to a stream opened before it, so two links can never hold
-    #: each other open (answers matched to "some stream from the peer" did: two
-    #: answers, each kept by the other's stream, re-opened each other endlessly).
+    #: stream ends cleanly, never on another stream's end: an answer is always to a
+    #: stream opened before it, so two links can never hold each other open (answers
+    #: matched to "some stream from the peer" did: two answers, each kept by the
+    #: other's stream, re-opened each other endlessly).
     answers: INetStream | None = None
     #: The peer sends Summaries (its view is large): answer in kind, so that it sends
     #: us digests of the buckets where we differ (a joiner learns the mesh this way).
