@@ -90,7 +90,8 @@ _GRAVES_PER_BEAT = 4
 _REJECTIONS_KEPT = 32
 _LEAVE_GRACE = 2.0
 #: After closing a link it no longer chose, a node waits this long for the peer's
-#: answering stream to close too; one still open means the peer chose this node.
+#: answering stream to close too; one still open means the peer chose this node. At
+#: most a quarter of dead_after: the peer watches us, and hears nothing meanwhile.
 _ANSWER_GRACE = 5.0
 _REAP_EVERY = 1.0
 _PROBES = 2
@@ -186,6 +187,7 @@ class MeshService:
         self.bootstrap = tuple(bootstrap)
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
+        self._answer_grace = min(_ANSWER_GRACE, dead_after / 4)
         #: A passive client authenticates but takes no part in gossip or the DHT.
         self.client = client
         #: Called when the view changes: a node appeared, changed or went.
@@ -744,7 +746,7 @@ class MeshService:
             addrs = transport_addrs(info.addrs) if info is not None else []
             self._nursery.start_soon(self._dial_known, peer, addrs)
         for peer, at in list(self._unlinked_at.items()):
-            if now - at > _ANSWER_GRACE:
+            if now - at > self._answer_grace:
                 del self._unlinked_at[peer]
         wanted = {ID.from_base58(t) for t in targets}
         if len(wanted & set(self._links)) < len(wanted):
@@ -763,7 +765,7 @@ class MeshService:
         buries us. (Keeping every link the peer streamed on, as before, kept them all:
         each answer is such a stream, so a joiner's first links never closed.) If both
         close at once, our answer is closed again when its stream ends."""
-        await trio.sleep(_ANSWER_GRACE)
+        await trio.sleep(self._answer_grace)
         streams = self._inbound.get(peer)
         if streams and peer not in self._links and peer in self.members:
             log.debug("overlay: %s chose us; answering its link", peer)
@@ -918,7 +920,7 @@ class MeshService:
         # late, about to close, and answering it would make the two sides answer each
         # other's answers without end.
         unlinked_at = self._unlinked_at.get(peer, float("-inf"))
-        if trio.current_time() - unlinked_at < _ANSWER_GRACE and peer not in self._links:
+        if trio.current_time() - unlinked_at < self._answer_grace and peer not in self._links:
             if self._nursery is not None:
                 self._nursery.start_soon(self._answer_if_chosen, peer)
         else:
@@ -960,7 +962,13 @@ class MeshService:
         if not streams:
             self._inbound.pop(peer, None)
         link = self._links.get(peer)
-        if link is None or link.initiated:
+        if link is None:
+            if cleanly and not streams:
+                # No gossip either way now (we closed ours first): its silence means
+                # nothing here any more. Watched, it would be buried in dead_after.
+                self.state.unwatch(peer.to_base58())
+            return
+        if link.initiated:
             return
         if link.answers is stream:
             link.answers = None

@@ -28,10 +28,13 @@ def ring_targets(members: Iterable[str], me: str) -> list[str]:
 
 
 def ring_service(
-    credentials: MeshCredentials, local: Callable[[int], LocalState]
+    credentials: MeshCredentials,
+    local: Callable[[int], LocalState],
+    heartbeat: float = 5.0,
+    dead_after: float = 60.0,
 ) -> Callable[..., MeshService]:
     """A factory for ``start_mesh``: node ``i`` announces ``local(i)``; heartbeats are
-    slow, so a change travels by relay, not by repair."""
+    slow by default, so a change travels by relay, not by repair."""
 
     def service(i: int, bootstrap: tuple[str, ...] = ()) -> MeshService:
         return MeshService(
@@ -41,8 +44,8 @@ def ring_service(
             version="test",
             listen=[TCP],
             bootstrap=bootstrap,
-            heartbeat_interval=5.0,
-            dead_after=60.0,
+            heartbeat_interval=heartbeat,
+            dead_after=dead_after,
         )
 
     return service
@@ -126,24 +129,28 @@ async def test_links_the_overlay_no_longer_needs_close_and_stay_closed(
     its overlay targets are linked it closes the rest, and the peers close their
     answers to them. Each peer also streams to the closing side, so a node that kept
     every link a peer streamed on never closed one (the founder stayed linked to every
-    node); and answers that answered each other re-opened each other without end."""
+    node); and answers that answered each other re-opened each other without end.
+    Heartbeats are fast and deaths quick here: a node that kept watching a peer it no
+    longer exchanged gossip with buried it (and the mesh flooded refutations)."""
     monkeypatch.setattr(_service, "FULL_DIGEST_NODES", 3)
     monkeypatch.setattr(_service, "overlay_targets", ring_targets)
     n = 8
     local = LocalState("standby", (), (), 0, 0, {})
+    service = ring_service(MeshCredentials.new(), lambda i: local, heartbeat=1.0, dead_after=3.0)
     async with trio.open_nursery() as nursery:
-        services = await start_mesh(
-            nursery, ring_service(MeshCredentials.new(), lambda i: local), n
-        )
+        services = await start_mesh(nursery, service, n)
         await settle_on_the_ring(services)
+        await trio.sleep(4.0)  # past dead_after: a wrongly watched peer would be buried
         links = [{p: id(link) for p, link in s._links.items()} for s in services]
         sent = sum(s.counters["frames_sent"] for s in services)
-        await trio.sleep(2.0)  # under one heartbeat: nothing is due but churn
+        await trio.sleep(2.0)
         # The same link objects: none was closed and opened again.
         assert [{p: id(link) for p, link in s._links.items()} for s in services] == links
         assert all(len(s._inbound) == 4 for s in services)  # one stream per neighbour
-        # At most a heartbeat's frames on each link (churn sent hundreds).
-        assert sum(s.counters["frames_sent"] for s in services) - sent <= 2 * 4 * n
+        # Two heartbeats' frames on each link, and a few repairs (churn sent hundreds).
+        assert sum(s.counters["frames_sent"] for s in services) - sent <= 4 * 4 * n
+        assert all(len(s.view()) == n for s in services)
+        assert not any(s.sent_by_kind.get("dead") for s in services)
         nursery.cancel_scope.cancel()
 
 
