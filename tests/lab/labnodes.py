@@ -99,6 +99,21 @@ class LabNode(NodeProcess):
 
         return self.host.call(run, timeout=timeout * 10)
 
+    def say_hi(self, model: str) -> tuple[httpx.Response, str]:
+        """A short greedy chat, plain and then streamed: both must answer, with the same
+        text. The plain reply, and the node that served the stream."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
+        reply = self.chat(body)
+        assert reply.status_code == 200, reply.text
+        events, serving = self.stream_chat(body)
+        assert text_of(events) == reply.json()["choices"][0]["message"]["content"]
+        return reply, serving
+
 
 @pytest.fixture
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import wait_until
-from labnodes import FAST, LabNode, lab, lab_nodes, text_of
+from labnodes import FAST, LabNode, lab, lab_nodes
 from netlab import Host, Lab
 
 __all__ = ["lab", "lab_nodes"]  # fixtures, used by name
@@ -81,15 +80,6 @@ def test_nodes_behind_two_nats_meet_through_a_relaying_member(
     )
 
     # A request N2 receives is served by N1 (through the NATs), streamed and not.
-    body: dict[str, Any] = {
-        "model": DEFAULT,
-        "messages": [{"role": "user", "content": "Say hi."}],
-        "max_tokens": 8,
-        "temperature": 0,
-    }
-    reply = n2.chat(body)
-    assert reply.status_code == 200, reply.text
+    reply, serving = n2.say_hi(DEFAULT)
     assert reply.headers["x-meshp2p-node"] == n1_id
-    events, serving = n2.stream_chat(body)
     assert serving == n1_id
-    assert text_of(events) == reply.json()["choices"][0]["message"]["content"]

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import wait_until
-from labnodes import FAST, LabNode, lab, lab_nodes, text_of
+from labnodes import FAST, LabNode, lab, lab_nodes
 from netlab import Lab
 
 __all__ = ["lab", "lab_nodes"]  # fixtures, used by name
@@ -60,13 +59,4 @@ def test_split_between_two_nodes_behind_nats(
     assert paths & {"relayed", "hole-punched"}, paths  # never a direct dial: both are NAT'd
     print(f"A splits with B over {sorted(paths)}: {status['split']}")
 
-    body: dict[str, Any] = {
-        "model": DEFAULT,
-        "messages": [{"role": "user", "content": "Say hi."}],
-        "max_tokens": 8,
-        "temperature": 0,
-    }
-    reply = a.chat(body)
-    assert reply.status_code == 200, reply.text
-    events, _ = a.stream_chat(body)
-    assert text_of(events) == reply.json()["choices"][0]["message"]["content"]
+    a.say_hi(DEFAULT)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import multiaddr
 import trio
 import trio.testing
+from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
@@ -16,6 +19,19 @@ from meshp2p.transport._quic import QuicConn, _Endpoint, quic_fallback_reason
 
 ECHO = TProtocol("/meshp2p/test/echo/1")
 LISTEN = [multiaddr.Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")]
+
+
+@asynccontextmanager
+async def two_hosts(
+    handler: Callable[[Any], Awaitable[None]],
+) -> AsyncIterator[tuple[IHost, IHost]]:
+    """A server answering ``ECHO`` with ``handler`` and a client, both running on
+    QUIC over loopback (not yet connected)."""
+    server = mesh_host(create_new_key_pair(), LISTEN)
+    client = mesh_host(create_new_key_pair(), LISTEN)
+    async with server.run(listen_addrs=LISTEN), client.run(listen_addrs=LISTEN):
+        server.set_stream_handler(ECHO, handler)
+        yield server, client
 
 
 async def test_eight_streams_opened_at_once_on_a_new_connection_all_work() -> None:
@@ -32,11 +48,8 @@ async def test_eight_streams_opened_at_once_on_a_new_connection_all_work() -> No
         await stream.write(data)
         await stream.close()
 
-    server = mesh_host(create_new_key_pair(), LISTEN)
-    client = mesh_host(create_new_key_pair(), LISTEN)
     with trio.fail_after(60):
-        async with server.run(listen_addrs=LISTEN), client.run(listen_addrs=LISTEN):
-            server.set_stream_handler(ECHO, echo)
+        async with two_hosts(echo) as (server, client):
             info = PeerInfo(server.get_id(), server.get_addrs())
             for round_ in range(5):
                 await client.connect(info)
@@ -100,11 +113,8 @@ async def test_a_listener_keeps_no_task_for_a_connection_that_ended() -> None:
     """py-libp2p's handler for an inbound connection waits for the whole swarm to stop;
     the listener ends it with the connection, so a node that accepts connections for
     days does not pile up a task for each."""
-    server = mesh_host(create_new_key_pair(), LISTEN)
-    client = mesh_host(create_new_key_pair(), LISTEN)
     with trio.fail_after(60):
-        async with server.run(listen_addrs=LISTEN), client.run(listen_addrs=LISTEN):
-            server.set_stream_handler(ECHO, _echo_once)
+        async with two_hosts(_echo_once) as (server, client):
             (listener,) = (
                 lst
                 for lst in server.get_network().listeners.values()  # type: ignore[attr-defined]
@@ -146,11 +156,8 @@ async def test_a_round_trip_is_one_datagram_each_way(monkeypatch: Any) -> None:
         sent.extend(len(d) for d in datagrams)
         send(self, datagrams, addr)
 
-    server = mesh_host(create_new_key_pair(), LISTEN)
-    client = mesh_host(create_new_key_pair(), LISTEN)
     with trio.fail_after(60):
-        async with server.run(listen_addrs=LISTEN), client.run(listen_addrs=LISTEN):
-            server.set_stream_handler(ECHO, _echo_forever)
+        async with two_hosts(_echo_forever) as (server, client):
             await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
             stream = await client.new_stream(server.get_id(), [ECHO])
             for _ in range(20):  # settle: negotiation, handshake leftovers
@@ -179,11 +186,8 @@ async def test_a_reader_that_does_not_answer_still_gets_its_data_acked() -> None
         read.set()
         await trio.sleep(30)
 
-    server = mesh_host(create_new_key_pair(), LISTEN)
-    client = mesh_host(create_new_key_pair(), LISTEN)
     with trio.fail_after(60):
-        async with server.run(listen_addrs=LISTEN), client.run(listen_addrs=LISTEN):
-            server.set_stream_handler(ECHO, read_then_stall)
+        async with two_hosts(read_then_stall) as (server, client):
             await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
             (conn,) = client.get_network().connections[server.get_id()]
             quic = conn.muxed_conn
