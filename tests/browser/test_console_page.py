@@ -108,6 +108,15 @@ def test_console_shows_the_mesh_chats_and_sees_a_node_leave(
     page.get_by_label("Max tokens").fill("48")
     message = page.get_by_label("Message")
     message.fill("What is the capital of France?")
+    # A temperature out of range is refused on the page: nothing is sent or lost.
+    page.get_by_label("Temperature").fill("3")
+    message.press("Control+Enter")
+    expect(page.locator("#chat-status")).to_contain_text("Temperature is a number from 0 to 2")
+    expect(page.locator("#transcript li")).to_have_count(0)
+    expect(message).to_have_value("What is the capital of France?")
+    # Greedy: at the node's default temperature the model samples, and a sampled
+    # answer may be empty (its first token the end of turn).
+    page.get_by_label("Temperature").fill("0")
     message.press("Control+Enter")
     answer = page.locator("#transcript li.answer").last
     expect(answer).to_have_attribute("data-done", "true", timeout=120_000)

@@ -360,6 +360,7 @@ function streaming(on) {
 }
 
 // Reads an OpenAI stream (server-sent events) and calls onEvent with each JSON object.
+// A stream that ends before its [DONE] was cut off: that is an error, not an answer.
 async function readEvents(response, onEvent) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -379,6 +380,7 @@ async function readEvents(response, onEvent) {
       onEvent(JSON.parse(data));
     }
   }
+  throw new Error("the answer was cut off: the stream ended before it was complete");
 }
 
 async function sendChat(event) {
@@ -390,6 +392,14 @@ async function sendChat(event) {
   if (!model) { chatStatus("Choose a model first.", true); $("chat-model").focus(); return; }
   if (!content) { chatStatus("Type a message first.", true); input.focus(); return; }
   const maxTokens = Math.max(1, Math.min(32768, parseInt($("chat-max").value, 10) || 256));
+  // Blank leaves sampling to the node's default; 0 always gives the same answer.
+  const temperatureText = $("chat-temperature").value.trim();
+  const temperature = temperatureText === "" ? null : Number(temperatureText);
+  if (temperature !== null && !(temperature >= 0 && temperature <= 2)) {
+    chatStatus("Temperature is a number from 0 to 2, or blank for the default.", true);
+    $("chat-temperature").focus();
+    return;
+  }
   const messages = [...state.history, { role: "user", content }];
   addMessage("You", content, "question");
   input.value = "";
@@ -407,6 +417,7 @@ async function sendChat(event) {
       method: "POST",
       headers: { "content-type": "application/json", ...authHeaders() },
       body: JSON.stringify({ model, messages, stream: true, max_tokens: maxTokens,
+        ...(temperature === null ? {} : { temperature }),
         stream_options: { include_usage: true } }),
       signal: controller.signal,
     });
@@ -436,6 +447,7 @@ async function sendChat(event) {
     const tokens = usage ? usage.completion_tokens : chunks;
     if (tokens > 1 && seconds > 0) state.speeds[model] = tokens / seconds;
     state.history = [...messages, { role: "assistant", content: answer }];
+    if (!answer) item.append(el("span", { class: "muted empty", text: "(the model returned no text)" }));
     chatStatus(`Done: ${tokens} tokens${state.speeds[model] ? `, ${state.speeds[model].toFixed(1)} tok/s` : ""}` +
       `${finish === "length" ? " (stopped at max tokens)" : ""}.`);
     if (state.status) renderModels(state.status);
